@@ -1,0 +1,17 @@
+"""The networks: segmentation generators and fully convolutional discriminators."""
+from advseg_utils.models.backbones import BACKBONES, OUTPUT_STRIDES, build_backbone
+from advseg_utils.models.discriminators import build_discriminator
+from advseg_utils.models.generators import backbone_variables, build_generator, head_variables
+from advseg_utils.models.layers import ImageNetPreprocessing, ResizeLike
+
+__all__ = [
+    "BACKBONES",
+    "OUTPUT_STRIDES",
+    "ImageNetPreprocessing",
+    "ResizeLike",
+    "backbone_variables",
+    "build_backbone",
+    "build_discriminator",
+    "build_generator",
+    "head_variables",
+]

@@ -1,0 +1,137 @@
+"""ImageNet backbones from ``keras.applications``, made atrous to DeepLab's output stride 8 or 16.
+
+``keras.applications`` networks have no dilation option, so the backbone is cloned with the
+strides beyond the wanted output stride removed and the later convolutions dilated instead;
+weight shapes are unchanged, so the weights are copied over, and the result computes exactly
+what the original network computes, on a denser grid (for Xception when its stride-16 map has
+an odd size; on even sizes TF's 'same' pooling sits one pixel off its shortcut in the original
+network, but not in the atrous one). Output strides: ResNet-50/101 and
+MobileNetV2 8 or 16; Xception 16 only (at 8 its ``block13_pool`` max pooling would need a
+dilation Keras pooling lacks). Feature map sizes at output stride ``s`` for an H x W input
+(each network pads in its own way), e.g. H = 321 at s = 16 gives 21, 20 and 20:
+
+* ResNet-50/101: ceil(H / s).
+* MobileNetV2 (its stride-2 stages pad only bottom and right): floor(ceil(H / 2) / (s / 2)).
+* Xception (its first two convolutions are unpadded): ceil((floor((H - 1) / 2) - 2) / (s / 2)).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+OUTPUT_STRIDES = (8, 16)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    application: str  # the keras.applications constructor
+    preprocessing: str  # the mode of its preprocess_input (see ImageNetPreprocessing)
+    low_level: str  # the layer whose stride-4 output feeds the DeepLabV3+ decoder
+
+
+BACKBONES = {
+    "mobilenet_v2": BackboneSpec("MobileNetV2", "tf", "block_3_expand_relu"),
+    "resnet50": BackboneSpec("ResNet50", "caffe", "conv2_block3_out"),
+    "resnet101": BackboneSpec("ResNet101", "caffe", "conv2_block3_out"),
+    "xception": BackboneSpec("Xception", "tf", "block3_sepconv1_act"),
+}
+
+
+def build_backbone(
+    name: str,
+    weights: str | os.PathLike | None = "imagenet",
+    output_stride: int = 16,
+    freeze_batchnorm: bool = False,
+) -> keras.Model:
+    """The ``keras.applications`` network ``name`` as a model named "backbone".
+
+    It maps preprocessed images to [low-level features (stride 4), high-level features (the
+    application's output, at ``output_stride``)]. ``weights``: "imagenet" (downloaded by
+    keras.applications), None (random), or a local weights file for this backbone (e.g. the
+    application's ``*_notop.h5`` file, or one saved from another generator's backbone).
+    ``freeze_batchnorm`` makes every BatchNormalization non-trainable, which in Keras 3 also
+    runs it in inference mode.
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"Unknown backbone {name!r}; expected one of {sorted(BACKBONES)}.")
+    if output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"Unsupported output_stride {output_stride}; expected one of {OUTPUT_STRIDES}.")
+    weights_file = weights not in (None, "imagenet")
+    if weights_file and not Path(weights).is_file():
+        raise FileNotFoundError(
+            f"Backbone weights file {weights} does not exist; expected weights='imagenet', None or a weights file."
+        )
+    spec = BACKBONES[name]
+    application = getattr(keras.applications, spec.application)(
+        include_top=False, weights="imagenet" if weights == "imagenet" else None, input_shape=(None, None, 3)
+    )
+    low_level = application.get_layer(spec.low_level).output
+    backbone = keras.Model(application.input, [low_level, application.output], name="backbone")
+    if weights_file:
+        _load_weights(backbone, weights, name)
+    backbone = _atrous(backbone, output_stride)
+    if freeze_batchnorm:
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+    return backbone
+
+
+def _atrous(backbone: keras.Model, output_stride: int) -> keras.Model:
+    """A copy of ``backbone`` whose features stop shrinking at ``output_stride``."""
+    changes = _atrous_config_changes(backbone, output_stride)
+
+    def clone(layer):
+        return layer.__class__.from_config({**layer.get_config(), **changes.get(layer.name, {})})
+
+    atrous = keras.models.clone_model(backbone, clone_function=clone)
+    atrous.set_weights(backbone.get_weights())
+    return atrous
+
+
+def _atrous_config_changes(backbone: keras.Model, output_stride: int) -> dict[str, dict]:
+    """Layer config changes, by layer name, that make ``backbone`` atrous (DeepLab's recipe).
+
+    Walking the layers in order, it tracks the stride every tensor has in the original network.
+    A convolution or pooling whose output would be beyond ``output_stride`` gets stride 1, and
+    a convolution whose input is beyond it is dilated by the stride that input lost (output
+    stride 8: rate 2, then 4). A strided 'valid' layer becomes 'same', and the ZeroPadding2D in
+    front of it pads nothing. The result computes exactly what the original computes, on a
+    denser grid.
+    """
+    stride = {}  # id(KerasTensor) -> its stride in the original network
+    producer = {}  # id(KerasTensor) -> the layer that outputs it
+    changes = {}
+    for layer in backbone.layers:
+        inputs = keras.tree.flatten(layer.input)
+        in_stride = max((stride[id(x)] for x in inputs), default=1)
+        out_stride = in_stride * getattr(layer, "strides", (1,))[0]
+        stride[id(layer.output)], producer[id(layer.output)] = out_stride, layer
+        if out_stride <= output_stride or not hasattr(layer, "strides"):
+            continue
+        changes[layer.name] = {"strides": 1}
+        kernel_size = getattr(layer, "kernel_size", getattr(layer, "pool_size", None))[0]
+        rate = in_stride // output_stride
+        if kernel_size > 1 and rate > 1:
+            if not hasattr(layer, "dilation_rate"):
+                raise ValueError(
+                    f"This backbone cannot have output stride {output_stride}: its pooling layer "
+                    f"{layer.name!r} would need dilation rate {rate}, which Keras pooling lacks."
+                )
+            changes[layer.name]["dilation_rate"] = rate
+        if kernel_size > 1 and layer.padding == "valid":
+            changes[layer.name]["padding"] = "same"
+            padding = producer[id(inputs[0])]
+            if isinstance(padding, keras.layers.ZeroPadding2D):
+                changes[padding.name] = {"padding": 0}
+    return changes
+
+
+def _load_weights(backbone: keras.Model, path: str | os.PathLike, name: str) -> None:
+    try:
+        backbone.load_weights(path)
+    except (ValueError, OSError) as error:
+        raise ValueError(f"Backbone weights file {path} does not fit the {name} backbone: {error}") from error

@@ -1,0 +1,99 @@
+"""Segmentation networks (the generator G): DeepLabV3+ or the paper's DeepLab-v2 head on an
+ImageNet backbone, taking raw RGB images and returning logits at the input's own size."""
+from __future__ import annotations
+
+import os
+
+import keras
+
+from advseg_utils.models.backbones import BACKBONES, build_backbone
+from advseg_utils.models.layers import ImageNetPreprocessing, ResizeLike
+
+
+def build_generator(
+    num_classes: int,
+    backbone: str = "mobilenet_v2",
+    head: str = "deeplabv3plus",
+    weights: str | os.PathLike | None = "imagenet",
+    output_stride: int = 16,
+    freeze_batchnorm: bool = False,
+    input_shape: tuple[int | None, int | None, int] = (None, None, 3),
+) -> keras.Model:
+    """The segmentation network: float32 RGB images in [0, 255] [B, H, W, 3] -> float32 logits
+    [B, H, W, num_classes], for any H and W (also under mixed precision).
+
+    backbone: "mobilenet_v2" (fast, the default for free Colab GPUs), "resnet50", "resnet101"
+    or "xception", a nested model named "backbone" (see :func:`backbone_variables`).
+    head: "deeplabv3plus" (its image pooling needs batches of 2 or more in training, for batch
+    norm), or "deeplabv2", the paper's classifier (with "resnet101" and output_stride=8 it is
+    the paper's network).
+    weights: "imagenet", None, or a local backbone weights file. Deliberately never weights
+    trained on VOC segmentation: a generator that has already seen every training label makes
+    the semi-supervised experiments' labeled fraction meaningless.
+    output_stride: 16 or 8, the stride of the backbone's last features (see backbones.py).
+    freeze_batchnorm: run the backbone's batch norms in inference mode, untrained, as the paper
+    does (batches of 10 crops are too small for batch statistics).
+    """
+    if head not in _HEADS:
+        raise ValueError(f"Unknown head {head!r}; expected one of {sorted(_HEADS)}.")
+    backbone_model = build_backbone(backbone, weights, output_stride, freeze_batchnorm)
+    images = keras.Input(input_shape, name="image")
+    preprocessing = ImageNetPreprocessing(BACKBONES[backbone].preprocessing, dtype="float32", name="preprocessing")
+    low_level, high_level = backbone_model(preprocessing(images))
+    logits = _HEADS[head](low_level, high_level, num_classes, output_stride)
+    logits = ResizeLike(dtype="float32", name="logits")(logits, images)
+    return keras.Model(images, logits, name=f"{head}_{backbone}")
+
+
+def backbone_variables(generator: keras.Model) -> list[keras.Variable]:
+    """The trainable variables of the generator's backbone."""
+    return list(generator.get_layer("backbone").trainable_variables)
+
+
+def head_variables(generator: keras.Model) -> list[keras.Variable]:
+    """The trainable variables outside the backbone (the paper trains these 10x faster)."""
+    in_backbone = {id(variable) for variable in backbone_variables(generator)}
+    return [variable for variable in generator.trainable_variables if id(variable) not in in_backbone]
+
+
+def _deeplabv3plus(low_level, high_level, num_classes: int, output_stride: int):
+    """DeepLabV3+ (Chen et al. 2018): atrous spatial pyramid pooling with image pooling, then a
+    decoder that refines the upsampled result with the stride-4 features."""
+    rates = [rate * 16 // output_stride for rate in (6, 12, 18)]
+    branches = [_conv_bn_relu(high_level, 256, 1, "aspp_1x1")]
+    branches += [_conv_bn_relu(high_level, 256, 3, f"aspp_rate{rate}", rate) for rate in rates]
+    pooled = keras.layers.GlobalAveragePooling2D(keepdims=True, name="aspp_image_pool")(high_level)
+    pooled = _conv_bn_relu(pooled, 256, 1, "aspp_image_pool_conv")
+    branches.append(ResizeLike(name="aspp_image_pool_resize")(pooled, high_level))
+    x = _conv_bn_relu(keras.layers.Concatenate(name="aspp_concat")(branches), 256, 1, "aspp_projection")
+
+    low_level = _conv_bn_relu(low_level, 48, 1, "decoder_low_level")
+    x = ResizeLike(name="decoder_upsample")(x, low_level)
+    x = keras.layers.Concatenate(name="decoder_concat")([x, low_level])
+    x = _conv_bn_relu(x, 256, 3, "decoder_conv1")
+    x = _conv_bn_relu(x, 256, 3, "decoder_conv2")
+    return keras.layers.Conv2D(num_classes, 1, name="classifier")(x)
+
+
+def _deeplabv2(low_level, high_level, num_classes: int, output_stride: int):
+    """The paper's DeepLab-v2 classifier: four 3x3 convolutions with rates 6, 12, 18, 24 (the
+    paper's, meant for output stride 8) on the last features, their logits summed."""
+    logits = [
+        keras.layers.Conv2D(
+            num_classes, 3, padding="same", dilation_rate=rate,
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.01), name=f"classifier_rate{rate}",
+        )(high_level)
+        for rate in (6, 12, 18, 24)
+    ]
+    return keras.layers.Add(name="classifier")(logits)
+
+
+def _conv_bn_relu(x, filters: int, kernel_size: int, name: str, dilation_rate: int = 1):
+    """Convolution (depthwise separable when 3x3, as in DeepLabV3+), batch norm, ReLU."""
+    conv = keras.layers.SeparableConv2D if kernel_size > 1 else keras.layers.Conv2D
+    x = conv(filters, kernel_size, padding="same", dilation_rate=dilation_rate, use_bias=False, name=name)(x)
+    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+_HEADS = {"deeplabv3plus": _deeplabv3plus, "deeplabv2": _deeplabv2}

@@ -1,0 +1,49 @@
+"""The custom layers of the networks, registered so that saved ``.keras`` models load."""
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+#: keras.applications' "caffe" preprocessing: the ImageNet channel means, in BGR order.
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+@keras.saving.register_keras_serializable(package="advseg")
+class ImageNetPreprocessing(keras.layers.Layer):
+    """``keras.applications.<family>.preprocess_input`` for RGB images in [0, 255], as a layer.
+
+    ``mode="caffe"`` (ResNet): RGB to BGR, then the ImageNet channel means subtracted.
+    ``mode="tf"`` (MobileNetV2, Xception): scaled to [-1, 1]. Being part of the model, it
+    lets a saved generator take raw images.
+    """
+
+    MODES = ("caffe", "tf")
+
+    def __init__(self, mode: str, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in self.MODES:
+            raise ValueError(f"Unknown preprocessing mode {mode!r}; expected one of {self.MODES}.")
+        self.mode = mode
+
+    def call(self, images):
+        if self.mode == "tf":
+            return images / 127.5 - 1.0
+        return images[..., ::-1] - tf.constant(_CAFFE_MEAN_BGR, dtype=images.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="advseg")
+class ResizeLike(keras.layers.Layer):
+    """Bilinearly resizes ``x`` [B, h, w, C] to the height and width of ``reference`` [B, H, W, ...]."""
+
+    def call(self, x, reference):
+        resized = tf.image.resize(x, tf.shape(reference)[1:3], method="bilinear")
+        return tf.cast(resized, x.dtype)  # bilinear resizing returns float32 even for float16
+
+    def compute_output_shape(self, x_shape, reference_shape):
+        return (x_shape[0], reference_shape[1], reference_shape[2], x_shape[-1])

@@ -1,0 +1,304 @@
+"""Tests of the generators and discriminators (random weights, tiny inputs: no downloads)."""
+import functools
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from advseg_utils.models import (
+    ImageNetPreprocessing,
+    ResizeLike,
+    backbone_variables,
+    build_backbone,
+    build_discriminator,
+    build_generator,
+    head_variables,
+)
+
+NUM_CLASSES = 21
+
+#: (backbone, head, output stride) of every generator built here; ResNet-101 only once, as the paper's.
+MOBILENET = ("mobilenet_v2", "deeplabv3plus", 16)
+PAPER = ("resnet101", "deeplabv2", 8)
+CONFIGS = [
+    MOBILENET,
+    ("mobilenet_v2", "deeplabv3plus", 8),
+    ("resnet50", "deeplabv3plus", 16),
+    ("xception", "deeplabv3plus", 16),
+    PAPER,
+]
+
+
+@functools.cache
+def generator(backbone, head, output_stride):
+    """Built once per configuration (call it with all three arguments, positionally)."""
+    keras.utils.set_random_seed(0)
+    return build_generator(NUM_CLASSES, backbone, head, weights=None, output_stride=output_stride)
+
+
+@functools.cache
+def original_application(name):
+    """A keras.applications network as published (stride 32), random weights."""
+    return getattr(keras.applications, name)(include_top=False, weights=None, input_shape=(None, None, 3))
+
+
+def images(height, width, batch=1, seed=0):
+    return np.random.default_rng(seed).uniform(0, 255, (batch, height, width, 3)).astype("float32")
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=["-".join(map(str, c)) for c in CONFIGS])
+@pytest.mark.parametrize("size", [(33, 47), (64, 64)])
+def test_generator_logits_have_the_input_size(config, size):
+    logits = generator(*config)(images(*size))
+    assert logits.shape == (1, *size, NUM_CLASSES)
+    assert logits.dtype == "float32"
+
+
+# Hand-computed from each network's padding (see backbones.py): high-level, then low-level size.
+@pytest.mark.parametrize(
+    "backbone, head, output_stride, size, expected_high, expected_low",
+    [
+        ("resnet50", "deeplabv3plus", 16, 321, 21, 81),
+        ("resnet50", "deeplabv3plus", 16, 320, 20, 80),
+        ("resnet101", "deeplabv2", 8, 321, 41, 81),
+        ("mobilenet_v2", "deeplabv3plus", 16, 321, 20, 80),
+        ("mobilenet_v2", "deeplabv3plus", 16, 320, 20, 80),
+        ("mobilenet_v2", "deeplabv3plus", 8, 321, 40, 80),
+        ("xception", "deeplabv3plus", 16, 321, 20, 79),
+        ("xception", "deeplabv3plus", 16, 320, 20, 79),
+    ],
+)
+def test_backbone_feature_sizes(backbone, head, output_stride, size, expected_high, expected_low):
+    backbone_model = generator(backbone, head, output_stride).get_layer("backbone")
+    low, high = backbone_model.compute_output_spec(keras.KerasTensor((1, size, size, 3)))
+    assert high.shape[1:3] == (expected_high, expected_high)
+    assert low.shape[1:3] == (expected_low, expected_low)
+
+
+# Where the original stride-32 grid lies in the atrous feature map (MobileNetV2 pads only
+# bottom/right, so its strided 3x3 convolutions are centred on odd positions).
+@pytest.mark.parametrize(
+    "backbone, application, output_stride, offset, size",
+    [
+        ("resnet50", "ResNet50", 16, 0, (65, 97)),
+        ("mobilenet_v2", "MobileNetV2", 16, 1, (65, 97)),
+        ("mobilenet_v2", "MobileNetV2", 8, 3, (65, 97)),
+        ("xception", "Xception", 16, 0, (81, 113)),  # an odd-sized stride-16 map, see backbones.py
+    ],
+)
+def test_atrous_backbone_computes_the_original_network_on_a_denser_grid(
+    backbone, application, output_stride, offset, size
+):
+    original = original_application(application)
+    atrous = generator(backbone, "deeplabv3plus", output_stride).get_layer("backbone")
+    original.set_weights(atrous.get_weights())
+    x = np.random.default_rng(0).uniform(-1, 1, (1, *size, 3)).astype("float32")
+    expected = original(x).numpy()
+    step = 32 // output_stride
+    dense = atrous(x)[1].numpy()
+    assert dense.shape[1] > expected.shape[1]
+    np.testing.assert_allclose(dense[:, offset::step, offset::step], expected, atol=1e-5 * np.abs(expected).max())
+
+
+def test_xception_refuses_output_stride_8():
+    with pytest.raises(ValueError, match="block13_pool"):
+        build_backbone("xception", weights=None, output_stride=8)
+
+
+def test_unknown_names_are_rejected():
+    with pytest.raises(ValueError, match="'vgg16'"):
+        build_generator(NUM_CLASSES, backbone="vgg16", weights=None)
+    with pytest.raises(ValueError, match="'fcn'"):
+        build_generator(NUM_CLASSES, head="fcn", weights=None)
+    with pytest.raises(ValueError, match="output_stride 32"):
+        build_generator(NUM_CLASSES, weights=None, output_stride=32)
+
+
+def test_generator_parameter_counts():
+    assert generator(*MOBILENET).count_params() == 4_427_717
+    assert generator(*PAPER).count_params() == 44_206_548
+    # The paper's classifier: four 3x3 convolutions 2048 -> 21 with bias on top of ResNet-101.
+    backbone_params = generator(*PAPER).get_layer("backbone").count_params()
+    assert backbone_params == 42_658_176
+    assert 44_206_548 - backbone_params == 4 * (3 * 3 * 2048 * NUM_CLASSES + NUM_CLASSES)
+
+
+@pytest.mark.parametrize("config", [MOBILENET, PAPER], ids=["deeplabv3plus", "deeplabv2"])
+def test_head_and_backbone_variables_partition_the_trainable_variables(config):
+    model = generator(*config)
+    head, backbone = head_variables(model), backbone_variables(model)
+    head_ids, backbone_ids = {id(v) for v in head}, {id(v) for v in backbone}
+    assert head_ids.isdisjoint(backbone_ids)
+    assert head_ids | backbone_ids == {id(v) for v in model.trainable_variables}
+    assert len(head) + len(backbone) == len(model.trainable_variables)
+    assert backbone_ids == {id(v) for v in model.get_layer("backbone").trainable_variables}
+    assert any(v.path.startswith("classifier") for v in head)
+    assert not any("classifier" in v.path for v in backbone)
+
+
+@pytest.mark.parametrize(
+    "backbone, preprocess_input",
+    [
+        ("mobilenet_v2", keras.applications.mobilenet_v2.preprocess_input),
+        ("resnet50", keras.applications.resnet50.preprocess_input),
+        ("xception", keras.applications.xception.preprocess_input),
+    ],
+)
+def test_preprocessing_matches_keras_applications(backbone, preprocess_input):
+    x = images(5, 7)
+    expected = preprocess_input(x.copy())
+    preprocessing = generator(backbone, "deeplabv3plus", 16).get_layer("preprocessing")
+    np.testing.assert_allclose(preprocessing(x), expected, rtol=1e-6, atol=1e-4)
+
+
+def test_preprocessing_rejects_unknown_modes():
+    with pytest.raises(ValueError, match="'torch'"):
+        ImageNetPreprocessing("torch")
+
+
+def test_resize_like_is_bilinear_to_the_reference_size():
+    x = np.array([0.0, 2.0], dtype="float32").reshape(1, 1, 2, 1)
+    resized = ResizeLike()(x, np.zeros((1, 1, 4, 5), "float32"))
+    # Half-pixel centres: output pixels at 0.25, 0.75, 1.25, 1.75 of the input grid, edges clamped.
+    np.testing.assert_allclose(resized.numpy().ravel(), [0.0, 0.5, 1.5, 2.0])
+
+
+def test_generator_gradients_reach_every_trainable_variable():
+    model = generator(*MOBILENET)
+    weights = tf.constant(np.random.default_rng(1).normal(size=(2, 33, 47, NUM_CLASSES)), tf.float32)
+    with tf.GradientTape() as tape:
+        # Batch 2: with batch 1 the image-pooling branch's 1x1 map has no batch variance.
+        loss = tf.reduce_sum(model(images(33, 47, batch=2), training=True) * weights)
+    gradients = tape.gradient(loss, model.trainable_variables)
+    zero = [v.path for v, g in zip(model.trainable_variables, gradients) if g is None or not np.any(g)]
+    assert zero == []
+
+
+def test_freeze_batchnorm_keeps_backbone_statistics_and_trains_the_head():
+    model = build_generator(NUM_CLASSES, weights=None, freeze_batchnorm=True)
+    backbone = model.get_layer("backbone")
+    backbone_bn = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    head_bn = model.get_layer("aspp_1x1_bn")
+    before = [layer.moving_mean.numpy() for layer in backbone_bn + [head_bn]]
+
+    model(images(33, 47, batch=2), training=True)
+
+    after = [layer.moving_mean.numpy() for layer in backbone_bn + [head_bn]]
+    for layer, old, new in zip(backbone_bn, before, after):
+        np.testing.assert_array_equal(old, new, err_msg=layer.name)
+        assert not layer.trainable
+    assert not np.array_equal(before[-1], after[-1])  # the call really was in training mode
+    bn_variable_ids = {id(v) for layer in backbone_bn for v in layer.weights}
+    assert bn_variable_ids.isdisjoint(id(v) for v in backbone_variables(model))
+    assert len(backbone_variables(model)) == len(backbone.trainable_variables) > 0
+
+
+def test_generator_saved_as_keras_loads_with_identical_outputs(tmp_path):
+    model = generator(*MOBILENET)
+    path = tmp_path / "generator.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    x = images(33, 47)
+    np.testing.assert_array_equal(loaded(x), model(x))
+    assert loaded.get_layer("backbone").name == "backbone"
+
+
+def test_local_weights_file_is_loaded_into_the_backbone(tmp_path):
+    path = tmp_path / "backbone.weights.h5"
+    source = generator(*MOBILENET).get_layer("backbone")
+    source.save_weights(path)
+    loaded = build_generator(NUM_CLASSES, weights=path).get_layer("backbone")
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 33, 47, 3)).astype("float32")
+    for expected, actual in zip(source(x), loaded(x)):
+        np.testing.assert_array_equal(actual, expected)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_unfitting_or_missing_weights_files_are_named(tmp_path):
+    wrong = tmp_path / "discriminator.weights.h5"
+    build_discriminator(NUM_CLASSES).save_weights(wrong)
+    with pytest.raises(ValueError, match=f"{wrong}.*does not fit the mobilenet_v2 backbone"):
+        build_generator(NUM_CLASSES, weights=wrong)
+    missing = tmp_path / "missing.weights.h5"
+    with pytest.raises(FileNotFoundError, match=f"{missing} does not exist"):
+        build_generator(NUM_CLASSES, weights=missing)
+
+
+def test_imagenet_weights_are_requested_from_keras_applications(monkeypatch):
+    calls = []
+    real_application = keras.applications.MobileNetV2
+
+    def fake_application(**kwargs):
+        calls.append(kwargs)
+        return real_application(**{**kwargs, "weights": None})
+
+    monkeypatch.setattr(keras.applications, "MobileNetV2", fake_application)
+    build_generator(NUM_CLASSES, weights="imagenet")
+    assert len(calls) == 1
+    assert calls[0]["weights"] == "imagenet"
+    assert calls[0]["include_top"] is False
+
+
+def test_mixed_precision_outputs_are_float32():
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = build_generator(NUM_CLASSES, weights=None)
+        discriminator = build_discriminator(NUM_CLASSES)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert model.get_layer("backbone").layers[1].compute_dtype == "float16"
+    logits = model(images(33, 47))
+    assert logits.dtype == "float32"
+    assert discriminator(tf.nn.softmax(logits)).dtype == "float32"
+
+
+def test_paper_discriminator_structure():
+    model = build_discriminator(NUM_CLASSES)
+    assert model.count_params() == 2_783_169
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [conv.filters for conv in convs] == [64, 128, 256, 512, 1]
+    for conv in convs:
+        assert (conv.kernel_size, conv.strides, conv.padding, conv.use_bias) == ((4, 4), (2, 2), "valid", True)
+        assert conv.activation is keras.activations.linear
+        padding = model.get_layer(f"{conv.name}_pad")
+        assert padding.padding == ((1, 1), (1, 1))
+    slopes = [layer.negative_slope for layer in model.layers if isinstance(layer, keras.layers.LeakyReLU)]
+    np.testing.assert_allclose(slopes, [0.2] * 4)
+    layer_types = {type(layer).__name__ for layer in model.layers}
+    assert layer_types == {"InputLayer", "ZeroPadding2D", "Conv2D", "LeakyReLU", "ResizeLike"}  # no normalisation
+
+
+@pytest.mark.parametrize(
+    "variant, size, classifier_size",
+    [
+        ("paper", (41, 53), (1, 1)),
+        ("paper", (321, 321), (10, 10)),
+        ("small", (41, 53), (5, 6)),
+        ("small", (321, 321), (40, 40)),
+    ],
+)
+def test_discriminator_logits_have_the_input_size(variant, size, classifier_size):
+    model = build_discriminator(NUM_CLASSES, variant)
+    probabilities = tf.nn.softmax(np.random.default_rng(0).normal(size=(2, *size, NUM_CLASSES)).astype("float32"))
+    logits = model(probabilities)
+    assert logits.shape == (2, *size, 1)
+    assert logits.dtype == "float32"
+    classifier = keras.Model(model.input, model.get_layer("classifier").output)
+    assert classifier(probabilities).shape[1:3] == classifier_size
+
+
+def test_small_discriminator_structure():
+    model = build_discriminator(NUM_CLASSES, "small")
+    assert [layer.filters for layer in model.layers if isinstance(layer, keras.layers.Conv2D)] == [128, 256, 1]
+    assert model.count_params() == (16 * NUM_CLASSES * 128 + 128) + (16 * 128 * 256 + 256) + (16 * 256 + 1)
+
+
+def test_discriminator_gradients_and_saving(tmp_path):
+    model = build_discriminator(NUM_CLASSES, "small")
+    x = tf.nn.softmax(np.random.default_rng(0).normal(size=(1, 41, 53, NUM_CLASSES)).astype("float32"))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(model(x) * np.random.default_rng(1).normal(size=(1, 41, 53, 1)))
+    assert all(np.any(g) for g in tape.gradient(loss, model.trainable_variables))
+    model.save(tmp_path / "discriminator.keras")
+    np.testing.assert_array_equal(keras.saving.load_model(tmp_path / "discriminator.keras")(x), model(x))
