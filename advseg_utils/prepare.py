@@ -1,0 +1,140 @@
+"""Building VOC 2012's augmented training set, train_aug (10,582 images), from VOC and SBD.
+
+Every label is converted once into a single-channel index PNG in VOC2012/SegmentationClassAug,
+the one format training reads. Each PNG is written atomically and existing ones are kept, so a
+preparation can be interrupted and re-run, and a second run writes nothing.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from advseg_utils.download import download_sbd, download_voc, download_voc_aug_labels
+from advseg_utils.file_utils import DatasetError, load_mask, read_list
+
+PathLike = str | os.PathLike
+
+#: VOC train + SBD train + SBD val, minus VOC val (equivalently 12,031 SegmentationClassAug - 1,449).
+VOC_AUG_TRAIN_SIZE = 10_582
+
+
+def prepare_voc_aug(
+    voc_root: PathLike, sbd_root: PathLike | None = None, aug_labels_dir: PathLike | None = None
+) -> list[str]:
+    """Write ImageSets/Segmentation/train_aug.txt and SegmentationClassAug/<id>.png under ``voc_root``.
+
+    Give exactly one label source. ``sbd_root`` (benchmark_RELEASE/dataset): the list is VOC
+    train + SBD train + SBD val minus every VOC val image; VOC train images keep their VOC masks
+    (with the 255 borders), the others get SBD's cls/<id>.mat. ``aug_labels_dir`` (an unpacked
+    SegmentationClassAug folder): every PNG there minus VOC val. Returns the sorted ids and
+    warns when there are not 10,582; a missing label or JPEG raises DatasetError listing them.
+    """
+    if (sbd_root is None) == (aug_labels_dir is None):
+        raise ValueError(
+            "prepare_voc_aug: expected exactly one of sbd_root and aug_labels_dir, "
+            f"got sbd_root={sbd_root!r}, aug_labels_dir={aug_labels_dir!r}"
+        )
+    voc_root = Path(voc_root)
+    lists = voc_root / "ImageSets" / "Segmentation"
+    val_ids = set(read_list(lists / "val.txt"))
+    if sbd_root is not None:
+        sources = _sbd_label_sources(voc_root, Path(sbd_root))
+    else:
+        sources = _folder_label_sources(Path(aug_labels_dir))
+    sources = {image_id: source for image_id, source in sources.items() if image_id not in val_ids}
+    _check_sources(voc_root, sources)
+    written = _write_index_pngs(sources, voc_root / "SegmentationClassAug")
+    ids = sorted(sources)
+    _write_text_if_changed(lists / "train_aug.txt", "".join(f"{image_id}\n" for image_id in ids))
+    print(f"train_aug: {len(ids):,} images in {lists / 'train_aug.txt'} "
+          f"({written:,} label PNGs written, {len(ids) - written:,} already there)")
+    if len(ids) != VOC_AUG_TRAIN_SIZE:
+        warnings.warn(
+            f"train_aug has {len(ids):,} images, expected {VOC_AUG_TRAIN_SIZE:,} for the complete "
+            "VOC 2012 + SBD set; check that both downloads are complete",
+            stacklevel=2,
+        )
+    return ids
+
+
+def prepare_voc(data_dir: PathLike, use_sbd: bool = True) -> Path:
+    """Download whatever is missing into ``data_dir``, prepare train_aug and return the VOC2012 folder.
+
+    ``use_sbd=False`` takes the SegmentationClassAug.zip labels instead of SBD (no md5 is
+    published for that archive, so it is not verified).
+    """
+    voc_root = download_voc(data_dir)
+    if use_sbd:
+        prepare_voc_aug(voc_root, sbd_root=download_sbd(data_dir))
+    else:
+        prepare_voc_aug(voc_root, aug_labels_dir=download_voc_aug_labels(data_dir))
+    return voc_root
+
+
+def _sbd_label_sources(voc_root: Path, sbd_root: Path) -> dict[str, Path]:
+    """id -> label file: SBD's .mat for SBD train and val, VOC's own mask for VOC train."""
+    sbd_ids = read_list(sbd_root / "train.txt") + read_list(sbd_root / "val.txt")
+    voc_train_ids = read_list(voc_root / "ImageSets" / "Segmentation" / "train.txt")
+    sources = {image_id: sbd_root / "cls" / f"{image_id}.mat" for image_id in sbd_ids}
+    sources.update({image_id: voc_root / "SegmentationClass" / f"{image_id}.png" for image_id in voc_train_ids})
+    return sources
+
+
+def _folder_label_sources(folder: Path) -> dict[str, Path]:
+    """id -> label file for every PNG in ``folder`` (hidden files such as macOS "._" copies skipped)."""
+    sources = {path.stem: path for path in folder.glob("*.png") if not path.name.startswith(".")}
+    if not sources:
+        raise DatasetError(f"{folder}: no PNG label files found; expected the unpacked SegmentationClassAug folder")
+    return sources
+
+
+def _check_sources(voc_root: Path, sources: dict[str, Path]) -> None:
+    """Raise one DatasetError naming every missing label file and JPEG, before anything is written."""
+    images = voc_root / "JPEGImages"
+    missing_labels = sorted(str(path) for path in sources.values() if not path.is_file())
+    missing_images = sorted(f"{image_id}.jpg" for image_id in sources if not (images / f"{image_id}.jpg").is_file())
+    problems = []
+    if missing_labels:
+        problems.append(f"{len(missing_labels)} label files are missing: {_preview(missing_labels)}")
+    if missing_images:
+        problems.append(f"{images} lacks {len(missing_images)} images of the list: {_preview(missing_images)}")
+    if problems:
+        raise DatasetError(
+            "cannot prepare train_aug: " + "; ".join(problems)
+            + ". Download and extract the archives again (see advseg_utils.download)."
+        )
+
+
+def _write_index_pngs(sources: dict[str, Path], out_dir: Path) -> int:
+    """Write each missing out_dir/<id>.png from its source; return how many were written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo = [(image_id, source) for image_id, source in sorted(sources.items())
+            if not (out_dir / f"{image_id}.png").exists()]
+    for image_id, source in tqdm(todo, desc="SegmentationClassAug", unit="mask", disable=not todo):
+        _save_png_atomically(load_mask(source), out_dir / f"{image_id}.png")
+    return len(todo)
+
+
+def _save_png_atomically(mask: np.ndarray, target: Path) -> None:
+    """Save a uint8 [H, W] mask as a mode "L" PNG; an interruption never leaves a half-written file."""
+    temporary = target.with_name(target.name + ".tmp")
+    Image.fromarray(mask).save(temporary, format="PNG")
+    os.replace(temporary, target)
+
+
+def _write_text_if_changed(path: Path, text: str) -> None:
+    if path.exists() and path.read_text() == text:
+        return
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def _preview(names: list[str], limit: int = 10) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
