@@ -164,10 +164,11 @@ class MeanIoU(keras.metrics.Metric):
             (y_true >= 0) & (y_true < self.num_classes) & (y_true != self.ignore_label)
             & (y_pred >= 0) & (y_pred < self.num_classes)
         )  # fmt: skip
-        # Weights rather than a boolean mask keep every shape static (XLA-friendly).
+        # A segment sum of 0/1 weights rather than a boolean mask or bincount: every shape stays
+        # static and XLA can compile it (Keras compiles evaluate() with XLA on GPUs by default).
         index = tf.where(counted, y_true * self.num_classes + y_pred, 0)
         size = self.num_classes * self.num_classes
-        counts = tf.math.bincount(index, weights=tf.cast(counted, tf.int32), minlength=size, maxlength=size)
+        counts = tf.math.unsorted_segment_sum(tf.cast(counted, tf.int32), index, num_segments=size)
         self.total_cm.assign_add(tf.cast(tf.reshape(counts, self.total_cm.shape), tf.int64))
 
     def result(self):

@@ -152,13 +152,15 @@ def test_keras_metric_inside_tf_function():
     assert float(result) == pytest.approx(mean_iou(all_truth, all_prediction, 5), rel=1e-6)
 
 
-def test_keras_metric_in_compile_and_from_config():
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_keras_metric_in_compile_and_from_config(jit_compile):
     truth, _ = _random_batch(4, shape=(4, 6, 6), num_classes=3)
     images = np.random.default_rng(4).normal(size=(4, 6, 6, 3)).astype(np.float32)
     model = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Conv2D(3, 1)])
     model.compile(
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255),
         metrics=[MeanIoU(3)],
+        jit_compile=jit_compile,  # Keras compiles with XLA by default on GPUs
     )
     _, result = model.evaluate(images, np.where(truth < 3, truth, 255), batch_size=2, verbose=0)
     prediction = model.predict(images, verbose=0).argmax(-1)
