@@ -1,0 +1,226 @@
+"""Resumable training: checkpoints of the whole training state, and :func:`train`.
+
+A checkpoint holds G, D, both optimisers (slots, iteration counters and therefore the
+learning-rate schedules) and the model's iteration counter. The data stream is not saved:
+it is rebuilt from the iteration counter, because the data layer's streams are pure
+functions of (seed, step) (``VOCGen.train(start_step=...)`` and friends). Calling
+:func:`train` again with the same checkpoint directory therefore continues the run exactly
+where its newest checkpoint left it, which is what a Colab runtime that disconnects needs.
+
+Checkpoints are written by ``tf.train.CheckpointManager``: the data files first, then the
+small state file that names the newest checkpoint, replaced atomically; a save interrupted
+half-way leaves the previous checkpoint in charge.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+from collections.abc import Callable, Iterable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from advseg_utils.training import AdvSemiSeg
+
+
+def training_checkpoint(model: AdvSemiSeg) -> tf.train.Checkpoint:
+    """A ``tf.train.Checkpoint`` of everything a resumed run needs (the model must be compiled)."""
+    state = {"generator": model.generator, "g_optimizer": model.g_optimizer, "iteration": model.iteration}
+    if model.discriminator is not None:
+        state.update(discriminator=model.discriminator, d_optimizer=model.d_optimizer)
+    return tf.train.Checkpoint(**state)
+
+
+def restore_latest(model: AdvSemiSeg, checkpoint_dir: str) -> int:
+    """Restores the newest checkpoint in ``checkpoint_dir`` (if any); returns the iteration."""
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    if latest is not None:
+        training_checkpoint(model).restore(latest).assert_existing_objects_matched()
+    return int(model.iteration.numpy())
+
+
+def save_generator(generator: keras.Model, filepath: str) -> None:
+    """Saves ``generator`` as a ``.keras`` file atomically (a temporary file, then a rename):
+    a reader never sees a half-written file."""
+    if not filepath.endswith(".keras"):
+        raise ValueError(f"generator file {filepath!r} must end with '.keras'")
+    partial = filepath[: -len(".keras")] + ".partial.keras"  # Keras insists on the extension
+    generator.save(partial)
+    tf.io.gfile.rename(partial, filepath, overwrite=True)
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Raises ``FloatingPointError`` as soon as a logged loss is NaN or infinite.
+
+    Raising (rather than Keras's ``TerminateOnNaN``, which lets the epoch end) means no
+    callback gets to save the broken weights: the newest checkpoint stays the last good one.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        for name, value in (logs or {}).items():
+            if name.startswith("loss") and not math.isfinite(float(value)):
+                raise FloatingPointError(
+                    f"{name} is {float(value)} after iteration {int(self.model.iteration.numpy())}: training "
+                    "stopped (lower the learning rate, or check the data for NaN pixels)"
+                )
+
+
+class BestGeneratorCheckpoint(keras.callbacks.Callback):
+    """Validates every ``every_n_steps`` iterations and keeps the best generator.
+
+    Validation (``model.evaluate`` on ``validation_data``: ``mean_iou``, ``loss_seg`` on whole
+    images) runs at the first epoch end at or after each multiple of ``every_n_steps``; its
+    results join the epoch's logs as ``val_mean_iou`` and ``val_loss_seg`` (so History,
+    TensorBoard and ReduceLROnPlateau listed after this callback see them). When the mean IoU
+    beats the best so far, the generator is saved to ``filepath`` (a ``.keras`` file, atomically)
+    and the score to ``filepath + ".json"``, which a resumed run reads back.
+    """
+
+    def __init__(self, validation_data, filepath: str, every_n_steps: int, verbose: int = 1):
+        super().__init__()
+        self.validation_data = validation_data
+        self.filepath = filepath
+        self.every_n_steps = every_n_steps
+        self.verbose = verbose
+        self.best = -math.inf
+
+    @property
+    def _score_path(self) -> str:
+        return self.filepath + ".json"
+
+    def on_train_begin(self, logs=None):
+        if tf.io.gfile.exists(self._score_path):
+            with tf.io.gfile.GFile(self._score_path) as f:
+                self.best = json.load(f)["mean_iou"]
+        self._next_step = (int(self.model.iteration.numpy()) // self.every_n_steps + 1) * self.every_n_steps
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = int(self.model.iteration.numpy())
+        if step < self._next_step:
+            return
+        self._next_step = (step // self.every_n_steps + 1) * self.every_n_steps
+        results = self.model.evaluate(self.validation_data, verbose=0, return_dict=True)
+        if logs is not None:
+            logs.update({f"val_{name}": value for name, value in results.items()})
+        score = float(results["mean_iou"])
+        improved = score > self.best
+        if improved:
+            self.best = score
+            save_generator(self.model.generator, self.filepath)
+            _write_atomically(self._score_path, json.dumps({"step": step, "mean_iou": score}))
+        if self.verbose:
+            note = f"saved to {self.filepath}" if improved else f"best {self.best:.4f}"
+            print(f"iteration {step}: validation mean IoU {score:.4f} ({note})")
+
+
+class _SaveCheckpoint(keras.callbacks.Callback):
+    """Saves a checkpoint at every epoch end (after refusing non-finite weights)."""
+
+    def __init__(self, manager: tf.train.CheckpointManager):
+        super().__init__()
+        self.manager = manager
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = int(self.model.iteration.numpy())
+        networks = [self.model.generator, self.model.discriminator]
+        if not all(np.isfinite(w).all() for n in networks if n is not None for w in n.get_weights()):
+            raise FloatingPointError(f"weights not finite after iteration {step}: training stopped, not saved")
+        self.manager.save(checkpoint_number=step)
+
+
+class _StopAtStep(keras.callbacks.Callback):
+    """Ends training once the model's iteration reaches ``total_steps``."""
+
+    def __init__(self, total_steps: int):
+        super().__init__()
+        self.total_steps = total_steps
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.iteration.numpy()) >= self.total_steps:
+            self.model.stop_training = True
+
+
+def train(
+    model: AdvSemiSeg,
+    make_dataset: Callable[[int], tf.data.Dataset],
+    total_steps: int,
+    checkpoint_dir: str,
+    *,
+    checkpoint_every: int = 1000,
+    keep: int = 3,
+    validation_data: tf.data.Dataset | None = None,
+    validate_every: int | None = None,
+    best_generator_path: str | None = None,
+    callbacks: Iterable[keras.callbacks.Callback] = (),
+    log_dir: str | None = None,
+    verbose: str | int = "auto",
+) -> keras.callbacks.History:
+    """Trains a compiled ``model`` to ``total_steps`` iterations, resuming from the newest
+    checkpoint in ``checkpoint_dir`` if there is one.
+
+    ``make_dataset(step)`` must return the training stream positioned at iteration ``step``
+    (e.g. ``lambda step: gen.semi_supervised(labeled, unlabeled, start_step=step)``). Keras
+    epochs are chunks of ``checkpoint_every`` iterations; a checkpoint (the last ``keep`` are
+    kept) is written at the end of each. With ``validation_data``, the generator is validated
+    every ``validate_every`` iterations (rounded up to a chunk end; default: every chunk) and
+    the best one saved to ``best_generator_path`` (default ``<checkpoint_dir>/best_generator.keras``).
+    ``log_dir`` adds TensorBoard logs. A NaN or infinite loss raises ``FloatingPointError``
+    and leaves the last good checkpoint as the newest. Returns this call's History (the
+    epochs run now, not those before a resume).
+    """
+    if log_dir is not None and importlib.util.find_spec("tensorboard") is None:
+        raise ImportError(f"log_dir={log_dir!r} needs the tensorboard package (pip install tensorboard)")
+    _check_writable(checkpoint_dir)
+    manager = tf.train.CheckpointManager(training_checkpoint(model), checkpoint_dir, max_to_keep=keep)
+    step = restore_latest(model, checkpoint_dir)
+    if step >= total_steps:
+        print(f"{checkpoint_dir} holds iteration {step} >= total_steps={total_steps}: nothing to train")
+        return keras.callbacks.History()
+    if step:
+        print(f"resuming from {manager.latest_checkpoint} at iteration {step}")
+    all_callbacks = [StopOnNonFiniteLoss(), _StopAtStep(total_steps)]
+    if validation_data is not None:
+        path = best_generator_path or os.path.join(checkpoint_dir, "best_generator.keras")
+        every = validate_every or checkpoint_every
+        all_callbacks.append(BestGeneratorCheckpoint(validation_data, path, every))
+    all_callbacks += [*callbacks, _SaveCheckpoint(manager)]
+    if log_dir is not None:
+        all_callbacks.append(keras.callbacks.TensorBoard(log_dir))
+    first_epoch = step // checkpoint_every
+    try:
+        return model.fit(
+            make_dataset(step),
+            steps_per_epoch=checkpoint_every,
+            initial_epoch=first_epoch,
+            epochs=first_epoch + math.ceil((total_steps - step) / checkpoint_every),
+            callbacks=all_callbacks,
+            shuffle=False,
+            verbose=verbose,
+        )
+    except FloatingPointError as error:
+        newest = manager.latest_checkpoint
+        raise FloatingPointError(f"{error}; the newest checkpoint, {newest}, is the last good state") from error
+
+
+def _check_writable(directory: str) -> None:
+    """Fails before training, naming the directory, when checkpoints cannot be written there."""
+    probe = os.path.join(directory, ".advseg_write_test")
+    try:
+        tf.io.gfile.makedirs(directory)
+        _write_atomically(probe, "ok")
+        tf.io.gfile.remove(probe)
+    except (OSError, tf.errors.OpError) as error:
+        raise PermissionError(
+            f"cannot write checkpoints to {directory!r} ({error}); pass a writable checkpoint_dir "
+            "(in Colab, e.g. a folder of the mounted Google Drive)"
+        ) from error
+
+
+def _write_atomically(path: str, text: str) -> None:
+    partial = path + ".partial"
+    with tf.io.gfile.GFile(partial, "w") as f:
+        f.write(text)
+    tf.io.gfile.rename(partial, path, overwrite=True)

@@ -1,0 +1,66 @@
+"""Optimisers and learning-rate schedules: the paper's, and the Adam-with-plateau alternative.
+
+The paper (after DeepLab): G by SGD with momentum 0.9 and coupled weight decay 5e-4
+(:class:`~advseg_utils.training.AdvSemiSeg`'s ``weight_decay``), learning rate 2.5e-4 with
+10x on the head (its ``head_lr_multiplier``); D by Adam at 1e-4 with betas (0.9, 0.99); both
+rates decayed as ``lr * (1 - step / total_steps) ** 0.9``. The schedules are keyed on each
+optimiser's own iteration counter, which checkpoints save, so a resumed run continues them.
+
+Two small differences from PyTorch remain: Keras's momentum SGD folds each step's rate into
+the velocity (PyTorch multiplies the whole velocity by the current rate; the same under a
+constant rate), and Keras's Adam adds epsilon to the un-corrected second moment.
+"""
+from __future__ import annotations
+
+import keras
+
+
+def poly_decay(learning_rate: float, total_steps: int, power: float = 0.9):
+    """``learning_rate * (1 - step / total_steps) ** power``, 0 from ``total_steps`` on."""
+    return keras.optimizers.schedules.PolynomialDecay(
+        learning_rate, decay_steps=total_steps, end_learning_rate=0.0, power=power
+    )
+
+
+def paper_optimizers(
+    total_steps: int,
+    g_learning_rate: float = 2.5e-4,
+    d_learning_rate: float = 1e-4,
+    momentum: float = 0.9,
+    d_betas: tuple[float, float] = (0.9, 0.99),
+    power: float = 0.9,
+) -> tuple[keras.optimizers.SGD, keras.optimizers.Adam]:
+    """(G's optimiser, D's optimiser) as in the paper, decayed over ``total_steps``."""
+    g_optimizer = keras.optimizers.SGD(poly_decay(g_learning_rate, total_steps, power), momentum=momentum)
+    d_optimizer = keras.optimizers.Adam(
+        poly_decay(d_learning_rate, total_steps, power), beta_1=d_betas[0], beta_2=d_betas[1], epsilon=1e-8
+    )
+    return g_optimizer, d_optimizer
+
+
+def plateau_optimizers(
+    g_learning_rate: float = 1e-4, d_learning_rate: float = 1e-4
+) -> tuple[keras.optimizers.Adam, keras.optimizers.Adam]:
+    """(G's, D's) Adam at constant rates, for :class:`ReduceBothLROnPlateau` (the scheme of
+    earlier Keras ports). Adam ignores ``head_lr_multiplier``: build the model with 1."""
+    return keras.optimizers.Adam(g_learning_rate), keras.optimizers.Adam(d_learning_rate)
+
+
+class ReduceBothLROnPlateau(keras.callbacks.ReduceLROnPlateau):
+    """``keras.callbacks.ReduceLROnPlateau`` on G's rate, with D's rate scaled alike.
+
+    Defaults halve both rates when the validation loss (``val_loss_seg``, written by
+    :class:`~advseg_utils.checkpoints.BestGeneratorCheckpoint` or ``fit(validation_data=...)``)
+    has not improved for ``patience`` epochs.
+    """
+
+    def __init__(self, monitor="val_loss_seg", factor=0.5, patience=3, mode="min", **kwargs):
+        super().__init__(monitor=monitor, factor=factor, patience=patience, mode=mode, **kwargs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        before = float(self.model.optimizer.learning_rate)
+        super().on_epoch_end(epoch, logs)
+        after = float(self.model.optimizer.learning_rate)
+        d_optimizer = getattr(self.model, "d_optimizer", None)
+        if after != before and d_optimizer is not None:
+            d_optimizer.learning_rate = float(d_optimizer.learning_rate) * after / before

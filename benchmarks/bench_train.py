@@ -1,0 +1,157 @@
+"""Training throughput of the baseline, adversarial and semi-supervised steps.
+
+Each step is :class:`advseg_utils.training.AdvSemiSeg`'s compiled ``train_step`` (the function
+``fit`` runs) on real networks without pretrained weights (two generators: this project's
+default DeepLabV3+ on MobileNetV2, and the paper's DeepLab-v2 on ResNet-101) and the paper's
+discriminator, fed one synthetic batch held in memory, so that the input pipeline is not
+measured. The
+figures are labeled images per second and the cost of a step relative to the baseline step,
+measured in the same run: the semi-supervised step runs G on twice the images, D on three
+maps (G's two predictions and the ground truth) and backpropagates through D five times
+(G's two adversarial terms, D's loss on three maps); the goal is at most 2.5x the baseline
+step. The paper's D costs about as much per image as a small generator at the same size, so
+the ratio depends on G.
+
+    python benchmarks/bench_train.py [--quick] [--gpu]
+
+``--gpu`` measures the paper's setting (crop 321, batch 10) with and without mixed precision
+and XLA on a GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from advseg_utils.models import build_discriminator, build_generator
+from advseg_utils.schedules import paper_optimizers
+from advseg_utils.training import AdvSemiSeg, configure_precision
+
+NUM_CLASSES = 21
+MODES = ("baseline", "adversarial", "semi")
+MOBILENET = ("mobilenet_v2", "deeplabv3plus")  # this project's default generator
+PAPER_G = ("resnet101", "deeplabv2")  # the paper's generator (at output stride 16 here)
+
+
+def synthetic_batch(mode: str, batch_size: int, crop: int, seed: int = 0) -> dict:
+    """Random images and labels (5% ignored) with the keys the mode's stream yields."""
+    rng = np.random.default_rng(seed)
+
+    def images():
+        return tf.constant(rng.uniform(0, 255, (batch_size, crop, crop, 3)), tf.float32)
+
+    def labels():
+        y = rng.integers(0, NUM_CLASSES, (batch_size, crop, crop))
+        y[rng.random(y.shape) < 0.05] = 255
+        return tf.constant(y, tf.int32)
+
+    batch = {"image": images(), "label": labels()}
+    if mode != "baseline":
+        batch["d_label"] = labels()
+    if mode == "semi":
+        batch["unlabeled_image"] = images()
+    return batch
+
+
+def compiled_steps(generator: tuple[str, str], batch_size: int, crop: int, jit_compile: bool) -> dict:
+    """{mode: (one compiled training step, as fit runs it; its batch iterator)}."""
+    steps = {}
+    for mode in MODES:
+        keras.utils.set_random_seed(0)
+        backbone, head = generator
+        g = build_generator(NUM_CLASSES, backbone=backbone, head=head, weights=None)
+        d = None if mode == "baseline" else build_discriminator(NUM_CLASSES)
+        model = AdvSemiSeg(g, d, num_classes=NUM_CLASSES, semi_start=0)
+        g_optimizer, d_optimizer = paper_optimizers(total_steps=20000)
+        model.compile(g_optimizer, d_optimizer if d is not None else None, jit_compile=jit_compile)
+        iterator = iter(tf.data.Dataset.from_tensors(synthetic_batch(mode, batch_size, crop)).repeat())
+        model.make_train_function()
+        steps[mode] = (model.train_function, iterator)
+    return steps
+
+
+def measure(generator: tuple[str, str], batch_size: int, crop: int, rounds: int, jit_compile=False) -> dict:
+    """Labeled images per second of each mode and its step cost relative to the baseline step.
+
+    A step's time is the best of ``rounds`` (after three untimed steps); the modes take turns
+    in every round, so that a load on a shared machine hits them alike.
+    """
+    steps = compiled_steps(generator, batch_size, crop, jit_compile)
+    for train_function, iterator in steps.values():
+        for _ in range(3):
+            float(train_function(iterator)["loss"])
+    best = dict.fromkeys(MODES, float("inf"))
+    for _ in range(rounds):
+        for mode, (train_function, iterator) in steps.items():
+            start = time.perf_counter()
+            float(train_function(iterator)["loss"])  # waits for the step to finish
+            best[mode] = min(best[mode], time.perf_counter() - start)
+    return {
+        "images_per_s": {mode: batch_size / best[mode] for mode in MODES},
+        "cost_vs_baseline": {mode: best[mode] / best["baseline"] for mode in MODES[1:]},
+    }
+
+
+def machine() -> str:
+    gpus = tf.config.list_physical_devices("GPU")
+    devices = ", ".join(tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus)
+    return (
+        f"{platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+        f"{', ' + devices if gpus else ''}), TensorFlow {tf.__version__}, Keras {keras.__version__}"
+    )
+
+
+def run(quick: bool = False, gpu: bool = False) -> dict:
+    """{setting: figures}. On the CPU: MobileNetV2/DeepLabV3+ (this project's default G) and
+    ResNet-101/DeepLab-v2 (the paper's G) at crop 129, batch 4 (quick: MobileNetV2 only at
+    crop 65, batch 2). With ``gpu``: both at the paper's crop 321, batch 10, in float32 and
+    mixed precision, without and with XLA."""
+    generators = [MOBILENET] if quick else [MOBILENET, PAPER_G]
+    if not gpu:
+        crop, batch_size, rounds = (65, 2, 3) if quick else (129, 4, 5)
+        return {
+            f"{g[0]} + {g[1]}, crop {crop}, batch {batch_size}, float32": measure(g, batch_size, crop, rounds)
+            for g in generators
+        }
+    if not tf.config.list_physical_devices("GPU"):
+        raise SystemExit("--gpu: no GPU visible to TensorFlow")
+    crop, batch_size, rounds = 321, 10, (3 if quick else 10)
+    results = {}
+    for policy in ("float32", "mixed_float16"):
+        configure_precision(policy)
+        for jit_compile in (False, True):
+            for g in generators:
+                xla = "on" if jit_compile else "off"
+                name = f"{g[0]} + {g[1]}, crop {crop}, batch {batch_size}, {policy}, XLA {xla}"
+                results[name] = measure(g, batch_size, crop, rounds, jit_compile)
+    configure_precision("float32")
+    return results
+
+
+def report(results: dict) -> None:
+    for setting, figures in results.items():
+        print(f"\n{setting}\n  {'mode':<12}{'images/s':>10}{'step cost vs baseline':>24}")
+        for mode in MODES:
+            cost = figures["cost_vs_baseline"].get(mode, 1.0)
+            print(f"  {mode:<12}{figures['images_per_s'][mode]:>10.2f}{cost:>23.2f}x")
+        semi = figures["cost_vs_baseline"]["semi"]
+        print(f"  goal, a semi step at most 2.5x the baseline step: {'met' if semi <= 2.5 else 'not met'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller crops and fewer steps")
+    parser.add_argument("--gpu", action="store_true", help="the paper's setting on a GPU, +/- mixed precision, XLA")
+    args = parser.parse_args()
+    print(f"bench_train.py, {datetime.datetime.now():%Y-%m-%d %H:%M}, {machine()}")
+    report(run(args.quick, args.gpu))
+
+
+if __name__ == "__main__":
+    main()
