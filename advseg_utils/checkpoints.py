@@ -9,7 +9,8 @@ where its newest checkpoint left it, which is what a Colab runtime that disconne
 
 Checkpoints are written by ``tf.train.CheckpointManager``: the data files first, then the
 small state file that names the newest checkpoint, replaced atomically; a save interrupted
-half-way leaves the previous checkpoint in charge.
+half-way (a full disk, a lost Drive mount) leaves the previous checkpoint in charge and stops
+training with an ``OSError`` that says so.
 """
 from __future__ import annotations
 
@@ -44,12 +45,20 @@ def restore_latest(model: AdvSemiSeg, checkpoint_dir: str) -> int:
 
 def save_generator(generator: keras.Model, filepath: str) -> None:
     """Saves ``generator`` as a ``.keras`` file atomically (a temporary file, then a rename):
-    a reader never sees a half-written file."""
+    a reader never sees a half-written file. A failed save (a full disk) removes the temporary
+    file and raises an ``OSError`` naming ``filepath``, whose previous version is untouched."""
     if not filepath.endswith(".keras"):
         raise ValueError(f"generator file {filepath!r} must end with '.keras'")
     partial = filepath[: -len(".keras")] + ".partial.keras"  # Keras insists on the extension
-    generator.save(partial)
-    tf.io.gfile.rename(partial, filepath, overwrite=True)
+    try:
+        generator.save(partial)
+        tf.io.gfile.rename(partial, filepath, overwrite=True)
+    except (OSError, tf.errors.OpError) as error:
+        if tf.io.gfile.exists(partial):
+            tf.io.gfile.remove(partial)  # frees the space a full disk needs
+        raise OSError(
+            f"cannot save the generator to {filepath!r} ({error}); the file there, if any, is unchanged"
+        ) from error
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
@@ -128,7 +137,13 @@ class _SaveCheckpoint(keras.callbacks.Callback):
         networks = [self.model.generator, self.model.discriminator]
         if not all(np.isfinite(w).all() for n in networks if n is not None for w in n.get_weights()):
             raise FloatingPointError(f"weights not finite after iteration {step}: training stopped, not saved")
-        self.manager.save(checkpoint_number=step)
+        try:
+            self.manager.save(checkpoint_number=step)
+        except (OSError, tf.errors.OpError) as error:
+            raise OSError(
+                f"cannot write the checkpoint of iteration {step} to {self.manager.directory!r} ({error}): "
+                f"is the disk full? Training stopped; {_resume_point(self.manager.directory)}"
+            ) from error
 
 
 class _StopAtStep(keras.callbacks.Callback):
@@ -201,8 +216,15 @@ def train(
             verbose=verbose,
         )
     except FloatingPointError as error:
-        newest = manager.latest_checkpoint
-        raise FloatingPointError(f"{error}; the newest checkpoint, {newest}, is the last good state") from error
+        raise FloatingPointError(f"{error}; {_resume_point(checkpoint_dir)}") from error
+
+
+def _resume_point(checkpoint_dir: str) -> str:
+    """Which checkpoint a new call to :func:`train` resumes from, read from the state file on disk."""
+    newest = tf.train.latest_checkpoint(checkpoint_dir)
+    if newest is None:
+        return "no checkpoint was written yet, so a new call starts from scratch"
+    return f"the newest checkpoint, {newest}, is the last good state, and a new call resumes from it"
 
 
 def _check_writable(directory: str) -> None:
@@ -224,3 +246,34 @@ def _write_atomically(path: str, text: str) -> None:
     with tf.io.gfile.GFile(partial, "w") as f:
         f.write(text)
     tf.io.gfile.rename(partial, path, overwrite=True)
+
+
+class HistoryLog(keras.callbacks.Callback):
+    """Keeps every epoch's logs in a JSON file keyed by iteration, so that the loss curves of a
+    run interrupted and resumed (whose Keras History holds only the epochs since the restart)
+    are complete; an epoch trained again after a restart replaces its first record."""
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__()
+        self.path = str(path)
+
+    def records(self) -> dict[int, dict[str, float]]:
+        if not tf.io.gfile.exists(self.path):
+            return {}
+        with tf.io.gfile.GFile(self.path) as f:
+            return {int(iteration): logs for iteration, logs in json.load(f).items()}
+
+    def history(self) -> dict[str, list[float]]:
+        """``{name: [value per recorded epoch, by iteration]}``; NaN where an epoch lacks a value."""
+        records = [logs for _, logs in sorted(self.records().items())]
+        names = sorted({name for logs in records for name in logs})
+        return {name: [logs.get(name, math.nan) for logs in records] for name in names}
+
+    def on_epoch_end(self, epoch, logs=None):
+        records = self.records()
+        records[int(self.model.iteration.numpy())] = {name: float(value) for name, value in (logs or {}).items()}
+        partial = self.path + ".partial"
+        tf.io.gfile.makedirs(os.path.dirname(self.path) or ".")
+        with tf.io.gfile.GFile(partial, "w") as f:
+            json.dump({str(iteration): values for iteration, values in sorted(records.items())}, f)
+        tf.io.gfile.rename(partial, self.path, overwrite=True)

@@ -8,6 +8,7 @@ augmentation live in :mod:`advseg_utils.voc_gen`.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -113,12 +114,15 @@ class SegDataset:
         unknown = [name for name in ids if name not in position]
         if unknown:
             raise DatasetError(f"{self.name}: {len(unknown)} ids not in the dataset, e.g. {unknown[:5]}")
-        picked = [position[name] for name in ids]
+        return self._take([position[name] for name in ids])
+
+    def _take(self, indices: Sequence[int]) -> SegDataset:
+        """The items at ``indices``, in that order."""
         return dataclasses.replace(
             self,
-            ids=[self.ids[i] for i in picked],
-            image_paths=[self.image_paths[i] for i in picked],
-            mask_paths=None if self.mask_paths is None else [self.mask_paths[i] for i in picked],
+            ids=[self.ids[i] for i in indices],
+            image_paths=[self.image_paths[i] for i in indices],
+            mask_paths=None if self.mask_paths is None else [self.mask_paths[i] for i in indices],
         )
 
 
@@ -141,6 +145,7 @@ def folder_dataset(
     images_dir: str = "images",
     masks_dir: str | None = "masks",
     list_file: str | None = None,
+    glob: str | None = None,
     image_suffix: str = ".jpg",
     mask_suffix: str = ".png",
     ignore_label: int = 255,
@@ -151,14 +156,18 @@ def folder_dataset(
 ) -> SegDataset:
     """A dataset of ``root/images_dir/<id><image_suffix>`` and ``root/masks_dir/<id><mask_suffix>``.
 
-    Ids come from ``list_file`` (relative to root) when given, else from every file under the
-    masks folder (the images folder if ``masks_dir`` is None) ending in the suffix; ids may hold
+    Ids come from ``list_file`` (relative to root) when given, else from the files under the
+    masks folder (the images folder if ``masks_dir`` is None) whose path relative to it matches
+    ``glob`` followed by the suffix: by default (``"**/*"``) every file ending in the suffix, in
+    sub-folders too; ``glob="0001TP_*"`` or ``glob="aachen/*"`` picks some. Ids may hold
     sub-folders (``city/name``). A two-column list file (``image mask`` per line, paths relative to
     root, DeepLab style) names the files directly. ``masks_dir=None`` gives an unlabeled dataset.
     """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset folder not found")
+    if list_file is not None and glob is not None:
+        raise ValueError(f"pass list_file ({list_file!r}) or glob ({glob!r}), not both: each picks the ids")
     images, masks = root / images_dir, None if masks_dir is None else root / masks_dir
     if list_file is not None and _is_pair_list(root / list_file):
         pairs = read_pair_list(root / list_file)
@@ -169,9 +178,9 @@ def folder_dataset(
         if list_file is not None:
             ids = read_list(root / list_file)
         elif masks is not None:
-            ids = _find_ids(masks, mask_suffix)
+            ids = _find_ids(masks, mask_suffix, glob)
         else:
-            ids = _find_ids(images, image_suffix)
+            ids = _find_ids(images, image_suffix, glob)
         image_paths = [images / f"{name}{image_suffix}" for name in ids]
         mask_paths = None if masks is None else [masks / f"{name}{mask_suffix}" for name in ids]
     return SegDataset(
@@ -294,13 +303,20 @@ def check_files_exist(dataset: SegDataset) -> None:
         raise DatasetError(f"{dataset.name}: {len(missing)} listed files missing:\n  " + "\n  ".join(shown))
 
 
-def validate_dataset(dataset: SegDataset, *, decode: bool = True, max_decoded: int | None = None) -> None:
-    """Scan a dataset and raise one DatasetError listing every problem found.
+def validate_dataset(
+    dataset: SegDataset, *, decode: bool = True, max_decoded: int | None = None, drop_invalid: bool = False
+) -> SegDataset:
+    """Scan a dataset and raise one DatasetError listing every problem found; return the dataset.
 
     Always checks that files exist and that each image and its mask have the same size (read
     from the file headers, fast). With ``decode``, also fully decodes images and masks to find
     corrupt files and label values other than 0..num_classes-1 and the ignore label;
     ``max_decoded`` limits that to an evenly spread sample of that many items.
+
+    With ``drop_invalid``, items with a problem are left out instead of raising: a warning counts
+    them and names their files, and the dataset without them is returned (an error remains if
+    no item is left). Only decoded items can be found corrupt, so use ``max_decoded=None`` to
+    drop every corrupt file.
     """
     if not len(dataset):
         raise DatasetError(f"{dataset.name}: the dataset is empty")
@@ -308,9 +324,19 @@ def validate_dataset(dataset: SegDataset, *, decode: bool = True, max_decoded: i
     decoded = (
         set(np.linspace(0, len(dataset) - 1, num_decoded).round().astype(int).tolist()) if decode else set()
     )
-    problems = [problem for i in range(len(dataset)) for problem in _item_problems(dataset, i, i in decoded)]
-    if problems:
-        raise DatasetError(f"{dataset.name}: {len(problems)} problems found:\n  " + "\n  ".join(problems))
+    problems_by_item = {i: _item_problems(dataset, i, i in decoded) for i in range(len(dataset))}
+    invalid = [i for i, item_problems in problems_by_item.items() if item_problems]
+    if not invalid:
+        return dataset
+    problems = [problem for i in invalid for problem in problems_by_item[i]]
+    listing = "\n  " + "\n  ".join(problems)
+    if not drop_invalid or len(invalid) == len(dataset):
+        left = ", no item left after dropping them" if drop_invalid else ""
+        raise DatasetError(f"{dataset.name}: {len(problems)} problems found{left}:{listing}")
+    warnings.warn(
+        f"{dataset.name}: dropped {len(invalid)} of {len(dataset)} items with problems:{listing}", stacklevel=2
+    )
+    return dataset._take([i for i in range(len(dataset)) if not problems_by_item[i]])
 
 
 def _require(path: Path, message: str) -> None:
@@ -322,13 +348,16 @@ def _is_pair_list(path: Path) -> bool:
     return len(read_list(path)[0].split()) == 2
 
 
-def _find_ids(folder: Path, suffix: str) -> list[str]:
-    """Ids of the files under ``folder`` (recursively) whose names end in ``suffix``."""
+def _find_ids(folder: Path, suffix: str, glob: str | None = None) -> list[str]:
+    """Ids of the files under ``folder`` matching ``glob + suffix`` (default: all ending in
+    ``suffix``, recursively)."""
     if not folder.is_dir():
         raise DatasetError(f"{folder}: folder not found")
-    ids = sorted(path.relative_to(folder).as_posix()[: -len(suffix)] for path in folder.rglob(f"*{suffix}"))
+    pattern = f"{glob or '**/*'}{suffix}"
+    ids = sorted(path.relative_to(folder).as_posix()[: -len(suffix)] for path in folder.glob(pattern))
     if not ids:
-        raise DatasetError(f"{folder}: no files ending in {suffix!r}")
+        wanted = f"matching {pattern!r}" if glob else f"ending in {suffix!r}"
+        raise DatasetError(f"{folder}: no files {wanted}")
     return ids
 
 

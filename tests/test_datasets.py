@@ -100,6 +100,22 @@ def test_folder_dataset_finds_ids_by_suffix_in_nested_folders(tmp_path):
     assert dataset.class_names == ("class 0", "class 1", "class 2")
 
 
+def test_folder_dataset_glob_picks_some_ids(tmp_path):
+    for name in ("seq1/f1", "seq1/f2", "seq2/f1", "top"):
+        write_example(tmp_path / "images" / f"{name}.jpg", tmp_path / "masks" / f"{name}.png")
+    pick = lambda glob: folder_dataset(tmp_path, num_classes=2, glob=glob).ids  # noqa: E731
+    assert pick(None) == ("seq1/f1", "seq1/f2", "seq2/f1", "top")
+    assert pick("seq1/*") == ("seq1/f1", "seq1/f2")
+    assert pick("*/f1") == ("seq1/f1", "seq2/f1")
+    assert pick("*") == ("top",)  # no sub-folders without **
+    dataset = folder_dataset(tmp_path, num_classes=2, masks_dir=None, glob="seq2/*")
+    assert dataset.image_paths == (tmp_path / "images" / "seq2" / "f1.jpg",) and not dataset.labeled
+    with pytest.raises(DatasetError, match=r"masks: no files matching 'seq3/\*\.png'"):
+        pick("seq3/*")
+    with pytest.raises(ValueError, match="list_file .* or glob .*, not both"):
+        folder_dataset(tmp_path, num_classes=2, list_file="list.txt", glob="*")
+
+
 def test_folder_dataset_without_masks_is_unlabeled(tmp_path):
     write_example(tmp_path / "images" / "u.jpg", tmp_path / "unused.png")
     dataset = folder_dataset(tmp_path, num_classes=3, masks_dir=None)
