@@ -1,5 +1,96 @@
 """advseg_utils: the helper package behind the advseg notebooks.
 
-Public names are re-exported here so a notebook needs only ``import advseg_utils``.
+Everything a notebook needs is importable from here directly. Importing the package also
+registers the custom Keras layers, so ``keras.saving.load_model`` can read a saved generator.
 """
+from advseg_utils.checkpoints import (
+    BestGeneratorCheckpoint,
+    HistoryLog,
+    StopOnNonFiniteLoss,
+    restore_latest,
+    save_generator,
+    train,
+)
+from advseg_utils.datasets import (
+    CAMVID_CLASSES,
+    CITYSCAPES_CLASSES,
+    VOC_CLASSES,
+    SegDataset,
+    camvid_dataset,
+    check_files_exist,
+    cityscapes_dataset,
+    folder_dataset,
+    sample_dataset,
+    validate_dataset,
+    voc_dataset,
+    voc_palette,
+)
+from advseg_utils.download import (
+    ChecksumError,
+    DownloadError,
+    UnsafeArchiveError,
+    download_file,
+    download_sbd,
+    download_voc,
+    download_voc_aug_labels,
+    extract_archive,
+)
+from advseg_utils.experiment import (
+    METHODS,
+    ExperimentConfig,
+    accelerator_report,
+    build_model,
+    configure,
+    examples,
+    image_to_segment,
+    in_colab,
+    load_datasets,
+    network_summary,
+    project_dir,
+    run_experiment,
+    smoke_mode,
+    split_ids,
+    train_model,
+    training_stream,
+)
+from advseg_utils.file_utils import (
+    DatasetError,
+    get_or_create_split,
+    load_img,
+    load_mask,
+    load_split,
+    make_split,
+    mask_name_to_img_name,
+    read_list,
+    read_pair_list,
+    save_split,
+)
+from advseg_utils.inference import EvaluationResult, Prediction, Segmenter, evaluate
+from advseg_utils.metrics import (
+    ConfusionMatrix,
+    MeanIoU,
+    confusion_matrix,
+    iou_from_confusion,
+    mean_iou,
+    per_class_iou,
+    pixel_accuracy,
+)
+from advseg_utils.models import backbone_variables, build_discriminator, build_generator, head_variables
+from advseg_utils.prepare import prepare_voc, prepare_voc_aug
+from advseg_utils.schedules import ReduceBothLROnPlateau, paper_optimizers, plateau_optimizers, poly_decay
+from advseg_utils.training import AdvSemiSeg, configure_precision, get_strategy
+from advseg_utils.viz import (
+    class_legend,
+    colorize_mask,
+    iou_table,
+    overlay,
+    plot_history,
+    plot_overlay,
+    plot_per_class_iou,
+    plot_predictions,
+    plot_pseudo_labels,
+    plot_samples,
+)
+from advseg_utils.voc_gen import IMAGENET_MEAN_RGB, VOCGen
+
 __version__ = "0.1.0"
