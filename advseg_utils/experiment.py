@@ -180,6 +180,7 @@ class ExperimentConfig:
             batch_size=2,
             validate_decoded=None,
             weights=None,
+            freeze_batchnorm=False,  # frozen random batch norms would never learn
             steps=8,
             semi_start=4,
             checkpoint_every=4,

@@ -302,3 +302,8 @@ def test_discriminator_gradients_and_saving(tmp_path):
     assert all(np.any(g) for g in tape.gradient(loss, model.trainable_variables))
     model.save(tmp_path / "discriminator.keras")
     np.testing.assert_array_equal(keras.saving.load_model(tmp_path / "discriminator.keras")(x), model(x))
+
+
+def test_freezing_the_batch_norms_of_a_random_backbone_warns():
+    with pytest.warns(UserWarning, match="freeze_batchnorm=True with weights=None"):
+        build_generator(3, weights=None, freeze_batchnorm=True)

@@ -3,6 +3,7 @@ ImageNet backbone, taking raw RGB images and returning logits at the input's own
 from __future__ import annotations
 
 import os
+import warnings
 
 import keras
 
@@ -36,6 +37,12 @@ def build_generator(
     """
     if head not in _HEADS:
         raise ValueError(f"Unknown head {head!r}; expected one of {sorted(_HEADS)}.")
+    if freeze_batchnorm and weights is None:
+        warnings.warn(
+            "freeze_batchnorm=True with weights=None keeps the backbone's batch norms at their initial "
+            "statistics for the whole run; train them (freeze_batchnorm=False) when starting from scratch",
+            stacklevel=2,
+        )
     backbone_model = build_backbone(backbone, weights, output_stride, freeze_batchnorm)
     images = keras.Input(input_shape, name="image")
     preprocessing = ImageNetPreprocessing(BACKBONES[backbone].preprocessing, dtype="float32", name="preprocessing")
