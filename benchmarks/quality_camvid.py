@@ -1,0 +1,465 @@
+"""Quality table on real data: CamVid val mean IoU of the baseline, + adversarial and
++ adversarial + semi-supervised training, with 1/8, 1/4 and all of the training labels.
+
+Every run is :func:`advseg_utils.experiment.run_experiment` on an :class:`ExperimentConfig`
+(the glue the notebooks use), so each row is reproduced by the command the table prints.
+The setting is shrunk to fit a 2-core CPU (a few minutes a run; ``--plan`` estimates the
+whole table):
+
+* CamVid train (367 images) and val (101) downscaled once from 480x360 to 240x180 (images
+  bilinear, labels nearest) into the work folder, outside the project; training crops of
+  128x128 at random scales 0.5-1.5, batch 8; evaluation on the whole 240x180 val images.
+* DeepLabV3+ on MobileNetV2 from random weights (no pretrained weights can be downloaded
+  here): batch norm trained (frozen, untrained batch norm leaves G predicting one class: 2% mean
+  IoU after 200 iterations), one learning rate for backbone and head (the paper's 10x head
+  rate is for fine-tuning a pretrained backbone), and a learning rate of 0.05, 200x the
+  paper's fine-tuning rate (after 200 iterations 0.01, 0.03 and 0.1 gave 22%, 23% and 25%).
+* Batch-norm statistics re-estimated before the evaluation that counts ("precise BN", see
+  :func:`recalibrated_evaluation`): MobileNetV2's moving averages (momentum 0.999) still hold
+  mostly their initial values after a few hundred iterations from scratch, and G evaluated
+  with them is useless (10% mean IoU after 200 iterations, 22% once re-estimated).
+  run_experiment's own evaluation is kept in each result file beside it.
+* The "small" discriminator: at 128x128 crops the paper's D ends on a 4x4 grid, each logit
+  covering a quarter of the crop's width, too coarse to tell a pole or a pedestrian from the
+  road; the small D's stride-8 map (16x16) does, which is what the confidence masking of the
+  semi-supervised loss needs.
+* The semi-supervised loss from half-way (the paper: a quarter of the way, 5000 of 20,000
+  iterations, but from a pretrained G; from scratch G's early predictions are noise).
+
+The paper's losses, weights, threshold, optimisers and decay are otherwise unchanged.
+Each run writes its result (configuration, per-class and mean IoU, wall time, machine)
+atomically to ``benchmarks/results/camvid/<setting>-seed<seed>-<steps>steps.json``; a re-run
+skips the runs that have a result, and an interrupted run resumes from its checkpoint.
+
+    python benchmarks/quality_camvid.py [--only SETTING ...] [--seeds 0 1] [--steps N]
+    python benchmarks/quality_camvid.py --table      # markdown table + benchmarks/results/camvid_miou.png
+    python benchmarks/quality_camvid.py --plan 10    # time every method for a few steps, extrapolate
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+from matplotlib.figure import Figure
+from PIL import Image
+
+from advseg_utils.checkpoints import restore_latest
+from advseg_utils import (
+    CAMVID_CLASSES,
+    ExperimentConfig,
+    Segmenter,
+    build_model,
+    evaluate,
+    load_datasets,
+    run_experiment,
+    split_ids,
+    training_stream,
+)
+from advseg_utils.file_utils import read_list
+from bench_train import machine
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CAMVID = PROJECT_ROOT.parent / "shared" / "data" / "camvid"
+DEFAULT_RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "camvid"
+DEFAULT_WORK = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "advseg" / "quality_camvid"
+SCRIPT = "benchmarks/quality_camvid.py"
+#: CamVid's 480x360 frames at half size (width, height).
+IMAGE_SIZE = (240, 180)
+STEPS = 400
+SEEDS = (0, 1)
+SEMI_START_FRACTION = 0.5
+
+
+#: The labeled shares of the table, as the paper's tables write them.
+FRACTIONS = {1 / 8: "1/8", 1 / 4: "1/4", 1.0: "all"}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the table: a method and the share of the training labels it gets."""
+
+    method: str
+    labeled_fraction: float
+
+    @property
+    def labels(self) -> str:
+        return FRACTIONS[self.labeled_fraction]
+
+
+SETTINGS = {
+    "baseline-1of8": Setting("baseline", 1 / 8),
+    "adversarial-1of8": Setting("adversarial", 1 / 8),
+    "semi-1of8": Setting("semi", 1 / 8),
+    "baseline-1of4": Setting("baseline", 1 / 4),
+    "adversarial-1of4": Setting("adversarial", 1 / 4),
+    "semi-1of4": Setting("semi", 1 / 4),
+    "baseline-all": Setting("baseline", 1.0),
+    "adversarial-all": Setting("adversarial", 1.0),
+}
+METHOD_LABELS = {"baseline": "baseline", "adversarial": "+ adversarial", "semi": "+ adversarial + semi"}
+
+#: Everything that differs from ExperimentConfig's defaults, for every setting (see the docstring).
+BASE_CONFIG = ExperimentConfig(
+    dataset="camvid",
+    crop_size=128,
+    batch_size=8,
+    validate_decoded=None,
+    backbone="mobilenet_v2",
+    head="deeplabv3plus",
+    weights=None,
+    freeze_batchnorm=False,
+    discriminator="small",
+    learning_rate_g=0.05,
+    head_lr_multiplier=1.0,
+    precision="float32",
+    checkpoint_every=100,
+    keep_checkpoints=1,
+    tensorboard=False,
+)
+#: What every row shares, for the table's and the plot's titles.
+SETUP = f"CamVid {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, {BASE_CONFIG.head} on {BASE_CONFIG.backbone} from scratch"
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def downscaled_camvid(source: Path, target: Path, size: tuple[int, int] = IMAGE_SIZE) -> Path:
+    """``target``: CamVid's train and val at ``size`` (images bilinear, JPEG quality 95; labels
+    nearest, so no class appears that was not there), made once, atomically (a folder built
+    aside and renamed), and reused afterwards."""
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))  # same file system: rename works
+    for split in ("train", "val"):
+        names = read_list(source / f"{split}.txt")
+        for kind, suffix, resample in (("images", ".jpg", Image.BILINEAR), ("labels", ".png", Image.NEAREST)):
+            (partial / kind / split).mkdir(parents=True)
+            for name in names:
+                with Image.open(source / kind / split / f"{name}{suffix}") as original:
+                    resized = original.resize(size, resample)
+                    options = {"quality": 95} if suffix == ".jpg" else {}
+                    resized.save(partial / kind / split / f"{name}{suffix}", **options)
+        shutil.copyfile(source / f"{split}.txt", partial / f"{split}.txt")
+    partial.chmod(0o755)  # mkdtemp's folder is private to its owner; a dataset copy need not be
+    os.replace(partial, target)
+    return target
+
+
+# --- runs ------------------------------------------------------------------------------------
+
+
+def command(settings: list[str], seeds: list[int], steps: int) -> str:
+    """The command line that trains (or, once done, skips) these runs."""
+    return f"python {SCRIPT} --only {' '.join(settings)} --seeds {' '.join(map(str, seeds))} --steps {steps}"
+
+
+def result_path(results_dir: Path, setting: str, seed: int, steps: int) -> Path:
+    return results_dir / f"{setting}-seed{seed}-{steps}steps.json"
+
+
+def experiment_config(setting: str, seed: int, steps: int, data_dir: Path, results_dir: Path, run_dir: Path) -> ExperimentConfig:
+    """The run's configuration; the labeled/unlabeled split files live beside the results, so
+    that the three methods at one fraction and seed train on the same labels."""
+    row = SETTINGS[setting]
+    return BASE_CONFIG.replace(
+        name=f"camvid-{setting}-seed{seed}",
+        method=row.method,
+        data_dir=str(data_dir),
+        labeled_fraction=row.labeled_fraction,
+        split_file=str(results_dir / "splits" / f"camvid_labeled{row.labeled_fraction:g}_seed{seed}.txt"),
+        steps=steps,
+        semi_start=int(steps * SEMI_START_FRACTION),
+        checkpoint_dir=str(run_dir),
+        seed=seed,
+    )
+
+
+def _portable(path: str | None) -> str | None:
+    """``path`` relative to the project root when it lies inside, else its last two parts:
+    result files carry no machine's absolute paths."""
+    if path is None:
+        return None
+    resolved = Path(path).resolve()
+    if resolved.is_relative_to(PROJECT_ROOT):
+        return resolved.relative_to(PROJECT_ROOT).as_posix()
+    return f"<outside the project>/{'/'.join(resolved.parts[-2:])}"
+
+
+def write_json_atomically(path: Path, record: dict) -> None:
+    """Writes ``record`` to a temporary file beside ``path``, then renames it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    with os.fdopen(descriptor, "w") as f:
+        json.dump(record, f, indent=1)
+    os.replace(partial, path)
+
+
+def run_one(setting: str, seed: int, steps: int, results_dir: Path, data_dir: Path, runs_dir: Path) -> dict:
+    """Trains and evaluates one (setting, seed) on the downscaled CamVid in ``data_dir``, with its
+    checkpoints under ``runs_dir`` (removed once the result is written), or reads its result if
+    it exists."""
+    path = result_path(results_dir, setting, seed, steps)
+    if path.exists():
+        print(f"{setting} seed {seed}: done before, {path.name}")
+        return json.loads(path.read_text())
+    run_dir = runs_dir / f"{setting}-seed{seed}-{steps}steps"
+    config = experiment_config(setting, seed, steps, data_dir, results_dir, run_dir)
+    print(f"\n{setting} seed {seed}: {config.describe()}\n  {command([setting], [seed], steps)}", flush=True)
+    load_before, start = os.getloadavg()[0], time.perf_counter()
+    result = run_experiment(config, verbose=2)
+    stale = {key: result.pop(key) for key in ("mean_iou", "pixel_accuracy", "per_class_iou")}
+    result.update(recalibrated_evaluation(config), run_experiment_evaluation=stale)
+    wall_time = time.perf_counter() - start
+    result["config"] = {
+        **result["config"],
+        "data_dir": f"CamVid at {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, made by {SCRIPT} from ../shared/data/camvid",
+        "split_file": _portable(config.split_file) if config.labeled_fraction < 1 else None,
+        "checkpoint_dir": _portable(config.checkpoint_dir),
+    }
+    record = {
+        "setting": setting,
+        "method": config.method,
+        "labels": SETTINGS[setting].labels,
+        "seed": seed,
+        "steps": steps,
+        "command": command([setting], [seed], steps),
+        **result,
+        "wall_time_s": wall_time,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": machine(),
+        "load_average": {"start": load_before, "end": os.getloadavg()[0]},
+    }
+    write_json_atomically(path, record)
+    shutil.rmtree(run_dir, ignore_errors=True)  # the result is written: the checkpoints are done with
+    print(f"{setting} seed {seed}: val mean IoU {record['mean_iou']:.4f}, {wall_time / 60:.1f} min -> {path}", flush=True)
+    return record
+
+
+def recalibrated_evaluation(config: ExperimentConfig, crops: int = 64) -> dict:
+    """The val scores (:meth:`EvaluationResult.as_dict`) of the run's final generator with its
+    batch-norm statistics re-estimated on ``crops`` training crops.
+
+    The final checkpoint's generator runs once in training mode, with every batch norm's
+    momentum at 0, on the first ``crops`` labeled crops of the run's own training stream: each
+    moving mean and variance becomes those crops' statistics; no weight changes. Needed because
+    MobileNetV2's batch norms average with momentum 0.999 (made for ImageNet-length training):
+    after a few hundred iterations from random weights most of each moving statistic is still
+    its initial value (0 mean, unit variance), unlike the batch statistics G was trained with.
+    """
+    train_set, val_set = load_datasets(config)
+    model = build_model(config, train_set)
+    restore_latest(model, str(config.run_dir))
+    batches = iter(training_stream(config, train_set, *split_ids(config, train_set))(0))
+    images = tf.concat([next(batches)["image"] for _ in range(-(-crops // config.batch_size))], axis=0)
+    for layer in batchnorm_layers(model.generator):
+        layer.momentum = 0.0
+    model.generator(images, training=True)
+    return evaluate(Segmenter(model.generator), val_set, progress=False).as_dict()
+
+
+def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    """Every batch norm of ``model``, also inside nested models (G's backbone)."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found += batchnorm_layers(layer)
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+    return found
+
+
+# --- the table and the plot --------------------------------------------------------------------
+
+
+def load_results(results_dir: Path, steps: int) -> dict[str, list[dict]]:
+    """{setting: its runs' records, by seed} for the runs of ``steps`` iterations."""
+    found: dict[str, list[dict]] = {}
+    for path in sorted(results_dir.glob("*.json")):
+        record = json.loads(path.read_text())
+        if record.get("steps") == steps and record.get("setting") in SETTINGS:
+            found.setdefault(record["setting"], []).append(record)
+    return {setting: sorted(found[setting], key=lambda r: r["seed"]) for setting in SETTINGS if setting in found}
+
+
+def summary(records: list[dict]) -> dict[str, float]:
+    """Mean, standard deviation (0 for one run), min and max of the runs' mean IoU."""
+    scores = [r["mean_iou"] for r in records]
+    return {
+        "mean": statistics.fmean(scores),
+        "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+        "min": min(scores),
+        "max": max(scores),
+    }
+
+
+def table(results: dict[str, list[dict]], steps: int) -> str:
+    """Markdown: mean IoU per setting (mean +- std and min-max over seeds, in %), with the command
+    that reproduces each row, then the mean per-class IoU."""
+    if not results:
+        return f"no CamVid results of {steps} steps yet: run python {SCRIPT} --steps {steps}"
+    lines = [
+        f"Val mean IoU (%), {SETUP}, {steps} iterations of batch {BASE_CONFIG.batch_size}",
+        "",
+        "| method | labels | runs | mean IoU | std | min - max | min/run | command |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for setting, records in results.items():
+        s = {k: 100 * v for k, v in summary(records).items()}
+        seeds = [r["seed"] for r in records]
+        minutes = statistics.fmean(r["wall_time_s"] for r in records) / 60
+        lines.append(
+            f"| {METHOD_LABELS[records[0]['method']]} | {records[0]['labels']} | {len(records)} | {s['mean']:.1f} "
+            f"| {s['std']:.1f} | {s['min']:.1f} - {s['max']:.1f} | {minutes:.1f} | `{command([setting], seeds, steps)}` |"
+        )
+    lines += ["", "Mean per-class IoU (%) over the runs of each setting", ""]
+    lines.append("| method | labels | " + " | ".join(CAMVID_CLASSES) + " |")
+    lines.append("|---|---|" + "---|" * len(CAMVID_CLASSES))
+    for records in results.values():
+        cells = []
+        for name in CAMVID_CLASSES:
+            values = [r["per_class_iou"][name] for r in records if r["per_class_iou"][name] is not None]
+            cells.append(f"{100 * statistics.fmean(values):.1f}" if values else "-")
+        lines.append(f"| {METHOD_LABELS[records[0]['method']]} | {records[0]['labels']} | " + " | ".join(cells) + " |")
+    first = next(iter(results.values()))[0]
+    lines += ["", f"Runs on {first['machine']}; a command skips the runs whose result file exists."]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, list[dict]], steps: int, path: Path) -> None:
+    """Mean IoU against the labeled fraction, one line per method, error bars the std over seeds;
+    written atomically to ``path``."""
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    axis = fig.add_subplot()
+    for method, label in METHOD_LABELS.items():
+        rows = sorted(
+            (SETTINGS[setting].labeled_fraction, summary(records))
+            for setting, records in results.items()
+            if SETTINGS[setting].method == method
+        )
+        if rows:
+            fractions, stats = zip(*rows)
+            means, stds = [100 * s["mean"] for s in stats], [100 * s["std"] for s in stats]
+            axis.errorbar(fractions, means, yerr=stds, marker="o", capsize=4, label=label)
+    axis.set_xscale("log", base=2)
+    axis.set_xticks(list(FRACTIONS), list(FRACTIONS.values()))
+    axis.set_xlabel("labeled share of CamVid train (367 images)")
+    axis.set_ylabel("val mean IoU (%), mean and std over seeds")
+    axis.set_title(f"{SETUP}, {steps} iterations", fontsize=9)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    fig.savefig(partial, dpi=120)
+    os.replace(partial, path)
+
+
+def plot_path(results_dir: Path) -> Path:
+    """``benchmarks/results/camvid_miou.png`` for ``benchmarks/results/camvid``."""
+    return results_dir.parent / f"{results_dir.name}_miou.png"
+
+
+def report(results_dir: Path = DEFAULT_RESULTS, steps: int = STEPS) -> str:
+    """The table of the finished runs; writes the plot (and names it) when there are any."""
+    results = load_results(results_dir, steps)
+    if not results:
+        return table(results, steps)
+    plot(results, steps, plot_path(results_dir))
+    return f"{table(results, steps)}\n\nPlot: {_portable(str(plot_path(results_dir)))}"
+
+
+# --- planning --------------------------------------------------------------------------------
+
+
+def plan(probe_steps: int, steps: int, seeds: list[int], settings: list[str], data_dir: Path) -> str:
+    """Times each method's training iteration and extrapolates to the table's runs.
+
+    The networks, streams and evaluation are those :func:`run_experiment` builds
+    (:func:`build_model`, :func:`training_stream`, :func:`evaluate`). The methods take turns,
+    ``probe_steps`` iterations at a time over three rounds, so that a load on a shared machine
+    hits them alike; the median round counts. A run's fixed part: building the networks twice
+    (training, then the batch-norm recalibration), the first iteration (tracing), and two
+    evaluations on the val set."""
+    probes = {"baseline": "baseline-all", "adversarial": "adversarial-all", "semi": "semi-1of8"}
+    steps_of, fixed = {}, {}
+    with tempfile.TemporaryDirectory(prefix="advseg-plan-") as scratch:
+        for method, setting in probes.items():
+            config = experiment_config(setting, 0, steps, data_dir, Path(scratch), Path(scratch) / "run")
+            start = time.perf_counter()
+            train_set, val_set = load_datasets(config)
+            model = build_model(config, train_set)
+            building = time.perf_counter() - start
+            batches = iter(training_stream(config, train_set, *split_ids(config, train_set))(0))
+            model.make_train_function()
+            train_function = model.train_function  # what fit runs, one iteration per call
+            start = time.perf_counter()
+            float(train_function(batches)["loss"])  # traces; float() waits for the step
+            fixed[method] = 2 * building + time.perf_counter() - start
+            if method == "baseline":
+                start = time.perf_counter()
+                evaluate(Segmenter(model.generator), val_set, progress=False)
+                evaluation = time.perf_counter() - start
+            steps_of[method] = (train_function, batches)
+        rounds = {method: [] for method in probes}
+        for _ in range(3):
+            for method, (train_function, batches) in steps_of.items():
+                start = time.perf_counter()
+                for _ in range(probe_steps):
+                    float(train_function(batches)["loss"])
+                rounds[method].append((time.perf_counter() - start) / probe_steps)
+    cost = {method: (fixed[method] + 2 * evaluation, statistics.median(times)) for method, times in rounds.items()}
+    lines = [f"{'method':<12}{'fixed s':>9}{'s/iteration':>13}{f'run of {steps}, min':>18}"]
+    for method, (overhead, per_step) in cost.items():
+        lines.append(f"{method:<12}{overhead:>9.1f}{per_step:>13.3f}{(overhead + steps * per_step) / 60:>18.1f}")
+    total = sum(cost[SETTINGS[s].method][0] + steps * cost[SETTINGS[s].method][1] for s in settings) * len(seeds)
+    lines.append(f"{len(settings) * len(seeds)} runs of {steps} iterations: about {total / 60:.0f} min")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=list(SETTINGS), default=list(SETTINGS), metavar="SETTING",
+                        help=f"settings to run (default all): {', '.join(SETTINGS)}")  # fmt: skip
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS), help="seeds (split, weights, data order)")
+    parser.add_argument("--steps", type=int, default=STEPS, help="iterations per run (with --table: the runs shown)")
+    parser.add_argument("--table", action="store_true", help="print the table of finished runs and write the plot")
+    parser.add_argument("--plan", type=int, metavar="N", help="time each method for 3 rounds of N steps, extrapolate")
+    parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS, help="result JSON files and splits")
+    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK, help="downscaled CamVid and checkpoints")
+    parser.add_argument("--camvid", type=Path, default=DEFAULT_CAMVID, help="CamVid root (images/, labels/, train.txt)")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(report(args.results_dir, args.steps))
+        return
+    print(f"{SCRIPT}, {datetime.datetime.now():%Y-%m-%d %H:%M}, {machine()}", flush=True)
+    data_dir = downscaled_camvid(args.camvid, args.work_dir / f"camvid-{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}")
+    if args.plan:
+        print(plan(args.plan, args.steps, args.seeds, args.only, data_dir))
+        return
+    failed = []
+    for seed in args.seeds:  # seed-major: an interrupted table is complete for the first seeds
+        for setting in args.only:
+            try:
+                run_one(setting, seed, args.steps, args.results_dir, data_dir, args.work_dir / "runs")
+            except Exception:  # e.g. a diverged run: report it, and let the other runs go on
+                traceback.print_exc()
+                failed.append(command([setting], [seed], args.steps))
+    print("\n" + report(args.results_dir, args.steps))
+    if failed:
+        raise SystemExit("failed runs (their checkpoints are kept; each command resumes one):\n" + "\n".join(failed))
+
+
+if __name__ == "__main__":
+    main()
