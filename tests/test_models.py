@@ -175,6 +175,7 @@ def test_generator_gradients_reach_every_trainable_variable():
     assert zero == []
 
 
+@pytest.mark.filterwarnings("ignore:freeze_batchnorm=True with weights=None")
 def test_freeze_batchnorm_keeps_backbone_statistics_and_trains_the_head():
     model = build_generator(NUM_CLASSES, weights=None, freeze_batchnorm=True)
     backbone = model.get_layer("backbone")
