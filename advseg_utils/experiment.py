@@ -75,7 +75,8 @@ class ExperimentConfig:
     validation set). ``labeled_fraction`` < 1 keeps labels for that share of the training images
     (the split is written to :attr:`split_path` and reused); "baseline" and "adversarial" then
     train on the labeled share only, "semi" uses the rest without labels. ``validate_decoded``
-    is how many items :func:`~advseg_utils.datasets.validate_dataset` fully decodes (None: all).
+    is how many items :func:`~advseg_utils.datasets.validate_dataset` fully decodes (None: all,
+    under a minute for VOC; a corrupt file then fails here, named, rather than mid-training).
     The paper's own generator is ``backbone="resnet101", head="deeplabv2", output_stride=8``.
     ``precision="auto"`` is mixed precision on GPUs and TPUs, float32 on CPUs.
     ``checkpoint_dir`` (default ``checkpoints/<name>``) receives checkpoints, TensorBoard logs,
@@ -93,7 +94,7 @@ class ExperimentConfig:
     split_file: str | None = None
     crop_size: int = 321
     batch_size: int = 10
-    validate_decoded: int | None = 100
+    validate_decoded: int | None = None
     # networks
     backbone: str = "mobilenet_v2"
     head: str = "deeplabv3plus"
