@@ -126,6 +126,36 @@ def plot_pseudo_labels(images, confidence, pseudo_labels, threshold: float, pale
     return _closed(fig)
 
 
+def plot_overlay(
+    image, labels, palette: np.ndarray, class_names: Sequence[str], confidence=None, ignore_label: int = 255
+) -> Figure:
+    """The image with its predicted classes laid over it (a legend names them; a class named
+    "background" is left clear) and, when given, D's confidence map beside it; a closed
+    figure, as the other plots."""
+    labels = np.asarray(labels)
+    if "background" in class_names:
+        background = list(class_names).index("background")
+        labels = np.where(labels == background, ignore_label, labels)  # overlay leaves ignored pixels clear
+    found = [k for k in np.unique(labels) if k < len(class_names)]
+    panels = 1 if confidence is None else 2
+    fig, axes = plt.subplots(
+        1, panels, figsize=(5 * panels, 5 * image.shape[0] / image.shape[1] + 0.6), squeeze=False, layout="constrained"
+    )
+    axes = axes[0]
+    axes[0].imshow(overlay(image, labels, palette, ignore_label=ignore_label))
+    axes[0].set_title("prediction", fontsize=10)
+    if confidence is not None:
+        shown = axes[1].imshow(confidence, vmin=0.0, vmax=1.0)
+        axes[1].set_title("D confidence", fontsize=10)
+        fig.colorbar(shown, ax=axes[1], shrink=0.8)
+    for axis in axes:
+        axis.set_axis_off()
+    if found:
+        handles = class_legend(class_names, palette, found)
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize=8)
+    return _closed(fig)
+
+
 def plot_per_class_iou(iou, class_names: Sequence[str], mean: float | None = None) -> Figure:
     """Horizontal bars of per-class IoU in %, classes that did not occur (NaN) marked "absent"."""
     iou = _check_iou(iou, class_names)
@@ -238,34 +268,3 @@ def _mean_of_present(iou: np.ndarray) -> float:
     """Mean over non-NaN values, NaN when every class is absent (no RuntimeWarning)."""
     present = iou[~np.isnan(iou)]
     return float(present.mean()) if present.size else float("nan")
-
-
-def plot_overlay(
-    image, labels, palette: np.ndarray, class_names: Sequence[str], confidence=None, ignore_label: int = 255
-) -> Figure:
-    """The image with its predicted classes laid over it (a legend names them; a class named
-    "background" is left clear) and, when given, D's confidence map beside it; a closed
-    figure, as the other plots."""
-    labels = np.asarray(labels)
-    if "background" in class_names:
-        background = list(class_names).index("background")
-        labels = np.where(labels == background, ignore_label, labels)  # overlay leaves ignored pixels clear
-    found = [k for k in np.unique(labels) if k < len(class_names)]
-    panels = 1 if confidence is None else 2
-    fig, axes = plt.subplots(
-        1, panels, figsize=(5 * panels, 5 * image.shape[0] / image.shape[1] + 0.6), squeeze=False, layout="constrained"
-    )
-    axes = axes[0]
-    axes[0].imshow(overlay(image, labels, palette, ignore_label=ignore_label))
-    axes[0].set_title("prediction", fontsize=10)
-    if confidence is not None:
-        shown = axes[1].imshow(confidence, vmin=0.0, vmax=1.0)
-        axes[1].set_title("D confidence", fontsize=10)
-        fig.colorbar(shown, ax=axes[1], shrink=0.8)
-    for axis in axes:
-        axis.set_axis_off()
-    if found:
-        handles = class_legend(class_names, palette, found)
-        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize=8)
-    plt.close(fig)
-    return fig

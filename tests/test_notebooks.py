@@ -32,7 +32,6 @@ from advseg_utils import (
     examples,
     image_to_segment,
     network_summary,
-    plot_overlay,
     project_dir,
     run_experiment,
     split_ids,
@@ -292,19 +291,6 @@ def test_image_to_segment_reads_a_path_and_shrinks_big_images(monkeypatch, tmp_p
     image, source = image_to_segment(tmp_path / "wide.png", val_set)
     assert image.shape == (512, 1024, 3) and "wide.png" in source
     assert (image == (10, 200, 30)).all()
-
-
-def test_plot_overlay_colours_the_objects_and_leaves_background_clear():
-    val_set = sample_dataset("val")
-    image = np.full((4, 6, 3), 100, np.uint8)
-    labels = np.zeros((4, 6), np.uint8)
-    labels[1:3, 2:4] = 8  # cat
-    fig = plot_overlay(image, labels, val_set.palette, val_set.class_names, confidence=np.full((4, 6), 0.3))
-    shown = np.asarray(fig.axes[0].images[0].get_array())
-    np.testing.assert_array_equal(shown[labels == 0], image[labels == 0])
-    assert (shown[labels == 8] != image[labels == 8]).any()
-    assert len(fig.axes[1].images) == 1  # the confidence map
-    assert [text.get_text() for text in fig.legends[0].get_texts()] == ["cat"]
 
 
 # --- networks and the whole experiment -------------------------------------------------------------

@@ -10,12 +10,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from advseg_utils.datasets import sample_dataset  # noqa: E402
 from advseg_utils.viz import (  # noqa: E402
     class_legend,
     colorize_mask,
     iou_table,
     overlay,
     plot_history,
+    plot_overlay,
     plot_per_class_iou,
     plot_predictions,
     plot_pseudo_labels,
@@ -159,3 +161,16 @@ def test_plots_render_and_leave_no_figure_open_in_pyplot():
     for fig in figures:
         fig.savefig(io.BytesIO(), format="png")
     assert plt.get_fignums() == []
+
+
+def test_plot_overlay_colours_the_objects_and_leaves_background_clear():
+    val_set = sample_dataset("val")
+    image = np.full((4, 6, 3), 100, np.uint8)
+    labels = np.zeros((4, 6), np.uint8)
+    labels[1:3, 2:4] = 8  # cat
+    fig = plot_overlay(image, labels, val_set.palette, val_set.class_names, confidence=np.full((4, 6), 0.3))
+    shown = np.asarray(fig.axes[0].images[0].get_array())
+    np.testing.assert_array_equal(shown[labels == 0], image[labels == 0])
+    assert (shown[labels == 8] != image[labels == 8]).any()
+    assert len(fig.axes[1].images) == 1  # the confidence map
+    assert [text.get_text() for text in fig.legends[0].get_texts()] == ["cat"]
