@@ -65,7 +65,7 @@ from advseg_utils.file_utils import (
     read_pair_list,
     save_split,
 )
-from advseg_utils.inference import EvaluationResult, Prediction, Segmenter, evaluate
+from advseg_utils.inference import EvaluationResult, Prediction, Segmenter, evaluate, recalibrate_batchnorm
 from advseg_utils.metrics import (
     ConfusionMatrix,
     MeanIoU,

@@ -120,3 +120,34 @@ def evaluate(segmenter: Segmenter, dataset: SegDataset, progress: bool = True) -
     for batch in tqdm(batches, total=len(dataset), desc=f"evaluating on {dataset.name}", disable=not progress):
         matrix.update(batch["label"].numpy()[0], segmenter.labels(batch["image"].numpy()[0]))
     return EvaluationResult(matrix.matrix, dataset.class_names)
+
+
+def recalibrate_batchnorm(generator: keras.Model, images: tf.Tensor) -> None:
+    """Sets the moving statistics of G's trainable batch norms to those of ``images`` ("precise BN").
+
+    One forward pass in training mode with momentum 0; no weight changes, and frozen batch norms
+    are left alone. Needed before evaluating a network trained from random weights for a short
+    run: MobileNetV2's batch norms average with momentum 0.999 (made for ImageNet-length
+    training), so after a few hundred iterations their moving statistics are still mostly the
+    initial ones, unlike the batch statistics G was trained with.
+    """
+    layers = _batchnorm_layers(generator)
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.momentum = 0.0
+    try:
+        generator(images, training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+
+
+def _batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    """Every batch norm of ``model``, also inside nested models (G's backbone)."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found += _batchnorm_layers(layer)
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+    return found

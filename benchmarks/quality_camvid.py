@@ -50,7 +50,6 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-import keras
 import tensorflow as tf
 from matplotlib.figure import Figure
 from PIL import Image
@@ -63,6 +62,7 @@ from advseg_utils import (
     build_model,
     evaluate,
     load_datasets,
+    recalibrate_batchnorm,
     run_experiment,
     split_ids,
     training_stream,
@@ -264,21 +264,8 @@ def recalibrated_evaluation(config: ExperimentConfig, crops: int = 64) -> dict:
     restore_latest(model, str(config.run_dir))
     batches = iter(training_stream(config, train_set, *split_ids(config, train_set))(0))
     images = tf.concat([next(batches)["image"] for _ in range(-(-crops // config.batch_size))], axis=0)
-    for layer in batchnorm_layers(model.generator):
-        layer.momentum = 0.0
-    model.generator(images, training=True)
+    recalibrate_batchnorm(model.generator, images)
     return evaluate(Segmenter(model.generator), val_set, progress=False).as_dict()
-
-
-def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
-    """Every batch norm of ``model``, also inside nested models (G's backbone)."""
-    found = []
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            found += batchnorm_layers(layer)
-        elif isinstance(layer, keras.layers.BatchNormalization):
-            found.append(layer)
-    return found
 
 
 # --- the table and the plot --------------------------------------------------------------------

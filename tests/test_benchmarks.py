@@ -6,7 +6,6 @@ import statistics
 import sys
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -129,22 +128,6 @@ def test_run_one_writes_a_portable_result_and_drops_the_checkpoints(tmp_path, mo
     assert seen["config"].semi_start == 10
     assert not Path(seen["config"].checkpoint_dir).exists()
     assert [p.name for p in (tmp_path / "results").iterdir()] == ["semi-1of8-seed0-20steps.json"]  # no partial files
-
-
-def test_batchnorm_layers_are_found_in_nested_models_and_recalibrate_at_momentum_zero():
-    inner_input = keras.Input((4, 4, 3))
-    inner = keras.Model(inner_input, keras.layers.BatchNormalization(name="inner_bn")(inner_input), name="backbone")
-    outer_input = keras.Input((4, 4, 3))
-    outer = keras.Model(outer_input, keras.layers.BatchNormalization(name="outer_bn")(inner(outer_input)))
-    layers = qc.batchnorm_layers(outer)
-    assert sorted(layer.name for layer in layers) == ["inner_bn", "outer_bn"]
-    for layer in layers:
-        layer.momentum = 0.0
-    images = np.random.default_rng(0).normal(5.0, 3.0, (8, 4, 4, 3)).astype("float32")
-    outer(images, training=True)
-    inner_bn = layers[[layer.name for layer in layers].index("inner_bn")]
-    np.testing.assert_allclose(inner_bn.moving_mean.numpy(), images.mean(axis=(0, 1, 2)), rtol=1e-5)
-    np.testing.assert_allclose(inner_bn.moving_variance.numpy(), images.var(axis=(0, 1, 2)), rtol=1e-4)
 
 
 # --- table and plot ------------------------------------------------------------------------------
