@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import tensorflow as tf
 
 from advseg_utils.file_utils import load_mask
 from advseg_utils.metrics import ConfusionMatrix, MeanIoU
+from machine_info import machine
 
 NUM_CLASSES = 11
 HEIGHT, WIDTH = 360, 480
@@ -97,7 +96,7 @@ def run(quick: bool = False, camvid: Path = DEFAULT_CAMVID) -> dict:
 
     return {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "machine": machine(),
         "tensorflow": tf.__version__,
         "data": source,
         "image_size": f"{truth[0].shape[0]}x{truth[0].shape[1]}",

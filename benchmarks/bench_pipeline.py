@@ -17,19 +17,18 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 
 from advseg_utils.datasets import SegDataset, camvid_dataset
 from advseg_utils.file_utils import load_mask
 from advseg_utils.voc_gen import VOCGen
+from machine_info import machine
 
 DEFAULT_CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 CROP_SIZE = (321, 321)
@@ -93,8 +92,7 @@ def run(quick: bool = False, camvid: Path = DEFAULT_CAMVID) -> dict:
         "batch_size": BATCH_SIZE,
         "images_timed": num_images,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"TensorFlow {tf.__version__}",
+        "machine": machine(),
         "load_average_at_start": load_average,
     }
     for name, (wall, cpu) in totals.items():

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import time
 
 import keras
@@ -32,6 +30,7 @@ import tensorflow as tf
 from advseg_utils.models import build_discriminator, build_generator
 from advseg_utils.schedules import paper_optimizers
 from advseg_utils.training import AdvSemiSeg, configure_precision
+from machine_info import machine
 
 NUM_CLASSES = 21
 MODES = ("baseline", "adversarial", "semi")
@@ -96,15 +95,6 @@ def measure(generator: tuple[str, str], batch_size: int, crop: int, rounds: int,
         "images_per_s": {mode: batch_size / best[mode] for mode in MODES},
         "cost_vs_baseline": {mode: best[mode] / best["baseline"] for mode in MODES[1:]},
     }
-
-
-def machine() -> str:
-    gpus = tf.config.list_physical_devices("GPU")
-    devices = ", ".join(tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus)
-    return (
-        f"{platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
-        f"{', ' + devices if gpus else ''}), TensorFlow {tf.__version__}, Keras {keras.__version__}"
-    )
 
 
 def run(quick: bool = False, gpu: bool = False) -> dict:

@@ -68,7 +68,7 @@ from advseg_utils import (
     training_stream,
 )
 from advseg_utils.file_utils import read_list
-from bench_train import machine
+from machine_info import machine
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CAMVID = PROJECT_ROOT.parent / "shared" / "data" / "camvid"

@@ -27,7 +27,7 @@ import bench_eval
 import bench_pipeline
 import bench_train
 import quality_camvid
-from bench_train import machine
+from machine_info import machine
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
