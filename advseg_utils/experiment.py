@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import importlib.util
 import math
 import os
 import shutil
@@ -421,16 +420,12 @@ def train_model(
     folder, and returns the whole run's history (one value per ``checkpoint_every`` iterations,
     also the chunks trained before a restart).
 
-    Writes TensorBoard logs to :attr:`ExperimentConfig.log_dir` when the ``tensorboard`` package
-    is installed. With ``val_set`` and ``config.validate_every``, validates during training and
+    Writes TensorBoard logs to :attr:`ExperimentConfig.log_dir` unless ``config.tensorboard`` is
+    off. With ``val_set`` and ``config.validate_every``, validates during training and
     keeps the best generator in the run folder.
     """
-    log_dir = None
-    if config.tensorboard:
-        if importlib.util.find_spec("tensorboard") is not None:
-            log_dir = str(config.log_dir)
-        else:
-            print("TensorBoard logs are off: the tensorboard package is not installed (pip install tensorboard)")
+    # tensorboard is a dependency; checkpoints.train names it should it be missing anyway
+    log_dir = str(config.log_dir) if config.tensorboard else None
     validation = None
     if val_set is not None and config.validate_every:
         validation = VOCGen(val_set).evaluation()
