@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import time
+from collections.abc import Iterator
 
 import keras
 import numpy as np
@@ -35,7 +37,10 @@ from machine_info import machine
 NUM_CLASSES = 21
 MODES = ("baseline", "adversarial", "semi")
 MOBILENET = ("mobilenet_v2", "deeplabv3plus")  # this project's default generator
-PAPER_G = ("resnet101", "deeplabv2")  # the paper's generator (at output stride 16 here)
+PAPER_G = ("resnet101", "deeplabv2")  # the paper's generator (at output stride 16 on the CPU)
+PAPER_G_OS8 = (*PAPER_G, 8)  # and at its own output stride on a GPU
+MOBILENET_OS16 = (*MOBILENET, 16)
+POLICIES = ("float32", "mixed_float16")
 
 
 def synthetic_batch(mode: str, batch_size: int, crop: int, seed: int = 0) -> dict:
@@ -58,13 +63,14 @@ def synthetic_batch(mode: str, batch_size: int, crop: int, seed: int = 0) -> dic
     return batch
 
 
-def compiled_steps(generator: tuple[str, str], batch_size: int, crop: int, jit_compile: bool) -> dict:
-    """{mode: (one compiled training step, as fit runs it; its batch iterator)}."""
+def compiled_steps(generator: tuple, batch_size: int, crop: int, jit_compile: bool) -> dict:
+    """{mode: (one compiled training step, as fit runs it; its batch iterator)} for a
+    ``(backbone, head[, output_stride])`` generator."""
     steps = {}
+    backbone, head, *stride = generator
     for mode in MODES:
         keras.utils.set_random_seed(0)
-        backbone, head = generator
-        g = build_generator(NUM_CLASSES, backbone=backbone, head=head, weights=None)
+        g = build_generator(NUM_CLASSES, backbone=backbone, head=head, weights=None, output_stride=(stride or [16])[0])
         d = None if mode == "baseline" else build_discriminator(NUM_CLASSES)
         model = AdvSemiSeg(g, d, num_classes=NUM_CLASSES, semi_start=0)
         g_optimizer, d_optimizer = paper_optimizers(total_steps=20000)
@@ -75,7 +81,7 @@ def compiled_steps(generator: tuple[str, str], batch_size: int, crop: int, jit_c
     return steps
 
 
-def measure(generator: tuple[str, str], batch_size: int, crop: int, rounds: int, jit_compile=False) -> dict:
+def measure(generator: tuple, batch_size: int, crop: int, rounds: int, jit_compile=False) -> dict:
     """Labeled images per second of each mode and its step cost relative to the baseline step.
 
     A step's time is the best of ``rounds`` (after three untimed steps); the modes take turns
@@ -100,28 +106,36 @@ def measure(generator: tuple[str, str], batch_size: int, crop: int, rounds: int,
 def run(quick: bool = False, gpu: bool = False) -> dict:
     """{setting: figures}. On the CPU: MobileNetV2/DeepLabV3+ (this project's default G) and
     ResNet-101/DeepLab-v2 (the paper's G) at crop 129, batch 4 (quick: MobileNetV2 only at
-    crop 65, batch 2). With ``gpu``: both at the paper's crop 321, batch 10, in float32 and
-    mixed precision, without and with XLA."""
+    crop 65, batch 2). With ``gpu``: :func:`gpu_settings`."""
+    if gpu:
+        return dict(gpu_settings(quick))
     generators = [MOBILENET] if quick else [MOBILENET, PAPER_G]
-    if not gpu:
-        crop, batch_size, rounds = (65, 2, 3) if quick else (129, 4, 5)
-        return {
-            f"{g[0]} + {g[1]}, crop {crop}, batch {batch_size}, float32": measure(g, batch_size, crop, rounds)
-            for g in generators
-        }
+    crop, batch_size, rounds = (65, 2, 3) if quick else (129, 4, 5)
+    return {
+        f"{g[0]} + {g[1]}, crop {crop}, batch {batch_size}, float32": measure(g, batch_size, crop, rounds)
+        for g in generators
+    }
+
+
+def gpu_settings(quick: bool = False, policies=POLICIES, xla=(False, True)) -> Iterator[tuple[str, dict]]:
+    """(setting, figures) for both generators at the paper's crop 321, batch 10, in each
+    precision ``policies`` and with XLA off and/or on, yielded as each finishes (a GPU run can
+    be long; its figures are printed as they come). The paper's G runs at its output stride 8.
+    Figures include the GPU's peak memory of the setting."""
     if not tf.config.list_physical_devices("GPU"):
         raise SystemExit("--gpu: no GPU visible to TensorFlow")
     crop, batch_size, rounds = 321, 10, (3 if quick else 10)
-    results = {}
-    for policy in ("float32", "mixed_float16"):
+    for policy in policies:
         configure_precision(policy)
-        for jit_compile in (False, True):
-            for g in generators:
-                xla = "on" if jit_compile else "off"
-                name = f"{g[0]} + {g[1]}, crop {crop}, batch {batch_size}, {policy}, XLA {xla}"
-                results[name] = measure(g, batch_size, crop, rounds, jit_compile)
+        for jit_compile in xla:
+            for g in (MOBILENET_OS16, PAPER_G_OS8):
+                name = f"{g[0]} + {g[1]} (OS {g[2]}), crop {crop}, batch {batch_size}, {policy}, XLA {'on' if jit_compile else 'off'}"
+                tf.config.experimental.reset_memory_stats("GPU:0")
+                figures = measure(g, batch_size, crop, rounds, jit_compile)
+                figures["gpu_peak_mib"] = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+                keras.backend.clear_session()  # the finished setting's networks and graphs
+                yield name, figures
     configure_precision("float32")
-    return results
 
 
 def report(results: dict) -> None:
@@ -130,6 +144,8 @@ def report(results: dict) -> None:
         for mode in MODES:
             cost = figures["cost_vs_baseline"].get(mode, 1.0)
             print(f"  {mode:<12}{figures['images_per_s'][mode]:>10.2f}{cost:>23.2f}x")
+        if "gpu_peak_mib" in figures:
+            print(f"  GPU peak memory of the three steps: {figures['gpu_peak_mib']:.0f} MiB")
         semi = figures["cost_vs_baseline"]["semi"]
         print(f"  goal, a semi step at most 2.5x the baseline step: {'met' if semi <= 2.5 else 'not met'}")
 
@@ -138,9 +154,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller crops and fewer steps")
     parser.add_argument("--gpu", action="store_true", help="the paper's setting on a GPU, +/- mixed precision, XLA")
+    parser.add_argument("--precision", nargs="+", choices=POLICIES, default=POLICIES, help="with --gpu")
+    parser.add_argument("--xla", nargs="+", choices=("off", "on"), default=("off", "on"), help="with --gpu")
     args = parser.parse_args()
-    print(f"bench_train.py, {datetime.datetime.now():%Y-%m-%d %H:%M}, {machine()}")
-    report(run(args.quick, args.gpu))
+    print(f"bench_train.py, {datetime.datetime.now():%Y-%m-%d %H:%M}, {machine()}", flush=True)
+    if not args.gpu:
+        report(run(args.quick))
+        return
+    for name, figures in gpu_settings(args.quick, args.precision, [x == "on" for x in args.xla]):
+        report({name: figures})
+        print(json.dumps({name: figures}), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Every benchmark in one go: input pipeline, training step, evaluation, and the CamVid quality table.
+"""Every benchmark in one go: input pipeline, training step, evaluation, peak memory of a smoke
+training run, and the CamVid quality table.
 
 Prints the date and the machine, then each benchmark's figures as it finishes, and writes them
 all to ``benchmarks/results/run_all.json`` (``run_all_quick.json`` with ``--quick``). The quality
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import bench_eval
+import bench_memory
 import bench_pipeline
 import bench_train
 import quality_camvid
@@ -38,6 +40,7 @@ def benchmarks(quick: bool, gpu: bool) -> dict[str, Callable[[], dict]]:
         "pipeline": lambda: bench_pipeline.run(quick),
         "train": lambda: bench_train.run(quick, gpu),
         "eval": lambda: bench_eval.run(quick),
+        "memory": lambda: bench_memory.run(quick),
     }
 
 

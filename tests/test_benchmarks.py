@@ -12,6 +12,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+import bench_memory  # noqa: E402
 import quality_camvid as qc  # noqa: E402
 import run_all  # noqa: E402
 from advseg_utils.datasets import CAMVID_CLASSES  # noqa: E402
@@ -207,6 +208,7 @@ def fake_benchmarks(monkeypatch):
 
     monkeypatch.setattr(run_all.bench_pipeline, "run", lambda quick: record("pipeline", quick))
     monkeypatch.setattr(run_all.bench_eval, "run", lambda quick: record("eval", quick))
+    monkeypatch.setattr(run_all.bench_memory, "run", lambda quick: record("memory", quick))
     monkeypatch.setattr(run_all.bench_train, "run", train)
     monkeypatch.setattr(run_all.quality_camvid, "main", lambda argv: record("quality_runs", argv))
     monkeypatch.setattr(run_all.quality_camvid, "report", lambda: "TABLE")
@@ -216,7 +218,7 @@ def fake_benchmarks(monkeypatch):
 
 def test_run_all_quick_runs_every_benchmark_and_only_tabulates_quality(fake_benchmarks, capsys):
     assert run_all.main(["--quick"]) == 0
-    assert fake_benchmarks["pipeline"] is True and fake_benchmarks["eval"] is True
+    assert fake_benchmarks["pipeline"] is True and fake_benchmarks["eval"] is True and fake_benchmarks["memory"] is True
     assert fake_benchmarks["train"] == (True, False)
     assert "quality_runs" not in fake_benchmarks  # no training without --quality
     name, record = fake_benchmarks["written"]
@@ -231,3 +233,24 @@ def test_run_all_gpu_reaches_bench_train_and_reports_its_failure(fake_benchmarks
     name, record = fake_benchmarks["written"]
     assert name == "run_all_gpu.json" and "no GPU" in record["train"]["error"]
     assert fake_benchmarks["quality_runs"] == []
+
+
+# --- bench_memory -------------------------------------------------------------------------------------
+
+
+def test_bench_memory_subtracts_the_reference_process(monkeypatch):
+    peaks = {"reference": 500.0, "baseline": 900.0, "adversarial": 1100.0, "semi": 1600.0}
+    monkeypatch.setattr(bench_memory, "peak_memory", lambda name: {"peak_rss_mib": peaks[name], "gpu_peak_mib": None})
+    figures = bench_memory.run(quick=False)
+    assert figures["peak_rss_mib"] == peaks and "gpu_peak_mib" not in figures
+    assert figures["above_reference_mib"] == {"baseline": 400.0, "adversarial": 600.0, "semi": 1100.0}
+    assert set(bench_memory.run(quick=True)["above_reference_mib"]) == {"semi"}
+
+
+def test_bench_memory_names_the_run_that_failed(monkeypatch):
+    class Failed:
+        returncode, stdout, stderr = 1, "", "Traceback ... ValueError: broken"
+
+    monkeypatch.setattr(bench_memory.subprocess, "run", lambda *a, **k: Failed())
+    with pytest.raises(RuntimeError, match=r"(?s)'semi' failed \(exit 1\).*ValueError: broken"):
+        bench_memory.peak_memory("semi")
