@@ -308,3 +308,24 @@ def test_discriminator_gradients_and_saving(tmp_path):
 def test_freezing_the_batch_norms_of_a_random_backbone_warns():
     with pytest.warns(UserWarning, match="freeze_batchnorm=True with weights=None"):
         build_generator(3, weights=None, freeze_batchnorm=True)
+
+
+def test_resize_like_gradient_compiles_with_xla_in_float16():
+    """Mixed precision + jit_compile: XLA refused the gradient of a float16 bilinear resize
+    (float16 in, float32 out), which broke DeepLabV3+'s training step under XLA on GPUs."""
+    conv = keras.layers.Conv2D(4, 3, padding="same", activation="relu", dtype="mixed_float16")
+    resize = ResizeLike(dtype="mixed_float16")
+    x = tf.random.stateless_uniform((2, 5, 5, 3), seed=(1, 2))
+    reference = tf.zeros((2, 9, 9, 1))
+    conv.build(x.shape)
+
+    @tf.function(jit_compile=True)
+    def gradient():
+        with tf.GradientTape() as tape:
+            resized = resize(conv(x), reference)
+            loss = tf.reduce_sum(tf.cast(resized, tf.float32) ** 2)
+        return resized, tape.gradient(loss, conv.trainable_variables)
+
+    resized, grads = gradient()
+    assert resized.dtype == tf.float16 and resized.shape == (2, 9, 9, 4)
+    assert all(g is not None and np.all(np.isfinite(g)) and np.any(g != 0) for g in grads)

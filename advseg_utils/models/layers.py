@@ -39,11 +39,16 @@ class ImageNetPreprocessing(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="advseg")
 class ResizeLike(keras.layers.Layer):
-    """Bilinearly resizes ``x`` [B, h, w, C] to the height and width of ``reference`` [B, H, W, ...]."""
+    """Bilinearly resizes ``x`` [B, h, w, C] to the height and width of ``reference`` [B, H, W, ...].
+
+    The resize runs in float32 whatever ``x``'s dtype: bilinear resizing returns float32 even
+    for float16 input, and XLA rejects the gradient of that mixed op (float16 in, float32 out),
+    which made mixed precision with ``jit_compile=True`` fail to compile.
+    """
 
     def call(self, x, reference):
-        resized = tf.image.resize(x, tf.shape(reference)[1:3], method="bilinear")
-        return tf.cast(resized, x.dtype)  # bilinear resizing returns float32 even for float16
+        resized = tf.image.resize(tf.cast(x, tf.float32), tf.shape(reference)[1:3], method="bilinear")
+        return tf.cast(resized, x.dtype)
 
     def compute_output_shape(self, x_shape, reference_shape):
         return (x_shape[0], reference_shape[1], reference_shape[2], x_shape[-1])
