@@ -3,7 +3,7 @@
 Each run is the notebooks' smoke configuration (``ADVSEG_SMOKE=1``: the bundled sample data,
 64x64 crops, batch 2, 8 iterations, then whole-image evaluation) executed by
 :func:`advseg_utils.experiment.run_experiment` in a fresh Python process, whose peak resident
-set size (``ru_maxrss``) is the figure. The reference, measured the same way in the same run,
+set size (``VmHWM``) is the figure. The reference, measured the same way in the same run,
 is a process that imports TensorFlow and the package and loads the sample data without
 training: the difference is what the networks, optimisers, training and evaluation add. Where
 TensorFlow sees a GPU, the GPU's peak allocation is reported too.
@@ -26,8 +26,21 @@ from machine_info import machine
 METHODS = ("baseline", "adversarial", "semi")
 REFERENCE = "reference"
 
-CHILD = """
-import json, resource, sys
+#: Defines ``peak_rss_mib()``: the peak resident set of this process's own address space. Not
+#: ``ru_maxrss``: Linux carries that over from the parent through fork and exec, so a child of a
+#: process holding 2 GB reported 2 GB whatever it did itself.
+PEAK_RSS = """
+import resource, sys
+def peak_rss_mib():
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+    except OSError:  # no /proc: macOS counts ru_maxrss in bytes, others in KiB
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
+"""
+
+CHILD = PEAK_RSS + """
+import json
 import tensorflow as tf
 from advseg_utils.experiment import ExperimentConfig, configure, load_datasets, run_experiment
 
@@ -41,7 +54,7 @@ else:
 gpu_peak = None
 if tf.config.list_physical_devices("GPU"):
     gpu_peak = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
-print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "gpu_peak_mib": gpu_peak}))
+print(json.dumps({"peak_rss_mib": peak_rss_mib(), "gpu_peak_mib": gpu_peak}))
 """
 
 

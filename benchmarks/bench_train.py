@@ -12,10 +12,11 @@ maps (G's two predictions and the ground truth) and backpropagates through D fiv
 step. The paper's D costs about as much per image as a small generator at the same size, so
 the ratio depends on G.
 
-    python benchmarks/bench_train.py [--quick] [--gpu]
+    python benchmarks/bench_train.py [--quick] [--gpu [--precision float32 mixed_float16] [--xla off on]]
 
 ``--gpu`` measures the paper's setting (crop 321, batch 10) with and without mixed precision
-and XLA on a GPU.
+and XLA on a GPU, printing each setting as it finishes (XLA compiles the paper's ResNet-101 for
+minutes; ``--precision`` and ``--xla`` pick a subset).
 """
 from __future__ import annotations
 

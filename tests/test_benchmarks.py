@@ -3,6 +3,7 @@ configurations, its result files, table and plot (on fake results), the downscal
 and which benchmarks run_all runs with which flags."""
 import json
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -254,3 +255,12 @@ def test_bench_memory_names_the_run_that_failed(monkeypatch):
     monkeypatch.setattr(bench_memory.subprocess, "run", lambda *a, **k: Failed())
     with pytest.raises(RuntimeError, match=r"(?s)'semi' failed \(exit 1\).*ValueError: broken"):
         bench_memory.peak_memory("semi")
+
+
+def test_bench_memory_counts_the_childs_own_memory_not_its_parents():
+    """A child started by a process holding 512 MiB must not report the parent's peak
+    (ru_maxrss does: Linux carries it through fork and exec, as seen inside run_all)."""
+    held = np.ones(2**26)  # 512 MiB, touched
+    code = bench_memory.PEAK_RSS + "print(peak_rss_mib())"
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 1 < child < 256 and held.sum() == 2**26
