@@ -78,6 +78,9 @@ class ExperimentConfig:
     under a minute for VOC; a corrupt file then fails here, named, rather than mid-training).
     The paper's own generator is ``backbone="resnet101", head="deeplabv2", output_stride=8``.
     ``precision="auto"`` is mixed precision on GPUs and TPUs, float32 on CPUs.
+    ``jit_compile=True`` compiles the training step with XLA: on an H200 it made MobileNetV2's
+    steps 3x faster, but the paper's ResNet-101 had not finished compiling after 3 minutes, so
+    it is off by default (benchmarks/README.md has the figures).
     ``checkpoint_dir`` (default ``checkpoints/<name>``) receives checkpoints, TensorBoard logs,
     the loss history and the saved generator; pointing it at Google Drive in Colab lets a run
     survive a disconnected runtime.
