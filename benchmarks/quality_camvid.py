@@ -34,6 +34,10 @@ skips the runs that have a result, and an interrupted run resumes from its check
     python benchmarks/quality_camvid.py [--only SETTING ...] [--seeds 0 1] [--steps N]
     python benchmarks/quality_camvid.py --table      # markdown table + benchmarks/results/camvid_miou.png
     python benchmarks/quality_camvid.py --plan 10    # time every method for a few steps, extrapolate
+    python benchmarks/quality_camvid.py --profile gpu [...]  # on a GPU: see PROFILES
+
+``--profile gpu`` trains on CamVid as shipped (480x360) with the paper's crop (321), batch (10) and
+discriminator, mixed precision and XLA, for 5000 iterations, into ``benchmarks/results/camvid_gpu``.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import os
 import shutil
 import statistics
 import tempfile
+import textwrap
 import time
 import traceback
 from dataclasses import dataclass
@@ -72,12 +77,9 @@ from machine_info import machine
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CAMVID = PROJECT_ROOT.parent / "shared" / "data" / "camvid"
-DEFAULT_RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "camvid"
+RESULTS_ROOT = PROJECT_ROOT / "benchmarks" / "results"
 DEFAULT_WORK = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "advseg" / "quality_camvid"
 SCRIPT = "benchmarks/quality_camvid.py"
-#: CamVid's 480x360 frames at half size (width, height).
-IMAGE_SIZE = (240, 180)
-STEPS = 400
 SEEDS = (0, 1)
 SEMI_START_FRACTION = 0.5
 
@@ -110,7 +112,8 @@ SETTINGS = {
 }
 METHOD_LABELS = {"baseline": "baseline", "adversarial": "+ adversarial", "semi": "+ adversarial + semi"}
 
-#: Everything that differs from ExperimentConfig's defaults, for every setting (see the docstring).
+#: Everything that differs from ExperimentConfig's defaults, for every setting of the CPU table
+#: (see the docstring).
 BASE_CONFIG = ExperimentConfig(
     dataset="camvid",
     crop_size=128,
@@ -128,14 +131,50 @@ BASE_CONFIG = ExperimentConfig(
     keep_checkpoints=1,
     tensorboard=False,
 )
-#: What every row shares, for the table's and the plot's titles.
-SETUP = f"CamVid {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, {BASE_CONFIG.head} on {BASE_CONFIG.backbone} from scratch"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What every run of one table shares: CamVid's size (width, height), the configuration
+    beyond the setting and seed, the default length, and the folder of its results."""
+
+    name: str
+    image_size: tuple[int, int]
+    base_config: ExperimentConfig
+    steps: int
+    results_dir: Path
+
+    @property
+    def setup(self) -> str:
+        """The table's and the plot's title."""
+        c = self.base_config
+        return (
+            f"CamVid {self.image_size[0]}x{self.image_size[1]}, {c.head} on {c.backbone} from scratch, "
+            f"crops {c.crop_size}, batch {c.batch_size}, {c.precision}{', XLA' if c.jit_compile else ''}"
+        )
+
+
+PROFILES = {
+    # The 2-core CPU: half-size CamVid, small crops, 400 iterations (the docstring says why).
+    "cpu": Profile("cpu", (240, 180), BASE_CONFIG, 400, RESULTS_ROOT / "camvid"),
+    # A GPU: CamVid as shipped (480x360), the paper's crop, batch, discriminator and 5000
+    # iterations; still from random weights, since no pretrained weights can be fetched there.
+    "gpu": Profile(
+        "gpu",
+        (480, 360),
+        BASE_CONFIG.replace(crop_size=321, batch_size=10, discriminator="paper", precision="mixed_float16",
+                            jit_compile=True, checkpoint_every=500),  # fmt: skip
+        5000,
+        RESULTS_ROOT / "camvid_gpu",
+    ),
+}
+CPU = PROFILES["cpu"]
 
 
 # --- data ------------------------------------------------------------------------------------
 
 
-def downscaled_camvid(source: Path, target: Path, size: tuple[int, int] = IMAGE_SIZE) -> Path:
+def downscaled_camvid(source: Path, target: Path, size: tuple[int, int] = CPU.image_size) -> Path:
     """``target``: CamVid's train and val at ``size`` (images bilinear, JPEG quality 95; labels
     nearest, so no class appears that was not there), made once, atomically (a folder built
     aside and renamed), and reused afterwards."""
@@ -161,20 +200,23 @@ def downscaled_camvid(source: Path, target: Path, size: tuple[int, int] = IMAGE_
 # --- runs ------------------------------------------------------------------------------------
 
 
-def command(settings: list[str], seeds: list[int], steps: int) -> str:
+def command(settings: list[str], seeds: list[int], steps: int, profile: Profile = CPU) -> str:
     """The command line that trains (or, once done, skips) these runs."""
-    return f"python {SCRIPT} --only {' '.join(settings)} --seeds {' '.join(map(str, seeds))} --steps {steps}"
+    chosen = "" if profile is CPU else f" --profile {profile.name}"
+    return f"python {SCRIPT}{chosen} --only {' '.join(settings)} --seeds {' '.join(map(str, seeds))} --steps {steps}"
 
 
 def result_path(results_dir: Path, setting: str, seed: int, steps: int) -> Path:
     return results_dir / f"{setting}-seed{seed}-{steps}steps.json"
 
 
-def experiment_config(setting: str, seed: int, steps: int, data_dir: Path, results_dir: Path, run_dir: Path) -> ExperimentConfig:
+def experiment_config(
+    setting: str, seed: int, steps: int, data_dir: Path, results_dir: Path, run_dir: Path, profile: Profile = CPU
+) -> ExperimentConfig:
     """The run's configuration; the labeled/unlabeled split files live beside the results, so
     that the three methods at one fraction and seed train on the same labels."""
     row = SETTINGS[setting]
-    return BASE_CONFIG.replace(
+    return profile.base_config.replace(
         name=f"camvid-{setting}-seed{seed}",
         method=row.method,
         data_dir=str(data_dir),
@@ -207,7 +249,9 @@ def write_json_atomically(path: Path, record: dict) -> None:
     os.replace(partial, path)
 
 
-def run_one(setting: str, seed: int, steps: int, results_dir: Path, data_dir: Path, runs_dir: Path) -> dict:
+def run_one(
+    setting: str, seed: int, steps: int, results_dir: Path, data_dir: Path, runs_dir: Path, profile: Profile = CPU
+) -> dict:
     """Trains and evaluates one (setting, seed) on the downscaled CamVid in ``data_dir``, with its
     checkpoints under ``runs_dir`` (removed once the result is written), or reads its result if
     it exists."""
@@ -216,8 +260,8 @@ def run_one(setting: str, seed: int, steps: int, results_dir: Path, data_dir: Pa
         print(f"{setting} seed {seed}: done before, {path.name}")
         return json.loads(path.read_text())
     run_dir = runs_dir / f"{setting}-seed{seed}-{steps}steps"
-    config = experiment_config(setting, seed, steps, data_dir, results_dir, run_dir)
-    print(f"\n{setting} seed {seed}: {config.describe()}\n  {command([setting], [seed], steps)}", flush=True)
+    config = experiment_config(setting, seed, steps, data_dir, results_dir, run_dir, profile)
+    print(f"\n{setting} seed {seed}: {config.describe()}\n  {command([setting], [seed], steps, profile)}", flush=True)
     load_before, start = os.getloadavg()[0], time.perf_counter()
     result = run_experiment(config, verbose=2)
     stale = {key: result.pop(key) for key in ("mean_iou", "pixel_accuracy", "per_class_iou")}
@@ -225,7 +269,7 @@ def run_one(setting: str, seed: int, steps: int, results_dir: Path, data_dir: Pa
     wall_time = time.perf_counter() - start
     result["config"] = {
         **result["config"],
-        "data_dir": f"CamVid at {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, made by {SCRIPT} from ../shared/data/camvid",
+        "data_dir": f"CamVid at {profile.image_size[0]}x{profile.image_size[1]}, made by {SCRIPT} from ../shared/data/camvid",
         "split_file": _portable(config.split_file) if config.labeled_fraction < 1 else None,
         "checkpoint_dir": _portable(config.checkpoint_dir),
     }
@@ -235,7 +279,9 @@ def run_one(setting: str, seed: int, steps: int, results_dir: Path, data_dir: Pa
         "labels": SETTINGS[setting].labels,
         "seed": seed,
         "steps": steps,
-        "command": command([setting], [seed], steps),
+        "profile": profile.name,
+        "setup": profile.setup,
+        "command": command([setting], [seed], steps, profile),
         **result,
         "wall_time_s": wall_time,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -292,13 +338,19 @@ def summary(records: list[dict]) -> dict[str, float]:
     }
 
 
+def profile_of(record: dict) -> Profile:
+    """The profile a result was trained with (results from before profiles existed: the CPU's)."""
+    return PROFILES[record.get("profile", "cpu")]
+
+
 def table(results: dict[str, list[dict]], steps: int) -> str:
     """Markdown: mean IoU per setting (mean +- std and min-max over seeds, in %), with the command
     that reproduces each row, then the mean per-class IoU."""
     if not results:
         return f"no CamVid results of {steps} steps yet: run python {SCRIPT} --steps {steps}"
+    profile = profile_of(next(iter(results.values()))[0])
     lines = [
-        f"Val mean IoU (%), {SETUP}, {steps} iterations of batch {BASE_CONFIG.batch_size}",
+        f"Val mean IoU (%), {profile.setup}, {steps} iterations",
         "",
         "| method | labels | runs | mean IoU | std | min - max | min/run | command |",
         "|---|---|---|---|---|---|---|---|",
@@ -309,7 +361,7 @@ def table(results: dict[str, list[dict]], steps: int) -> str:
         minutes = statistics.fmean(r["wall_time_s"] for r in records) / 60
         lines.append(
             f"| {METHOD_LABELS[records[0]['method']]} | {records[0]['labels']} | {len(records)} | {s['mean']:.1f} "
-            f"| {s['std']:.1f} | {s['min']:.1f} - {s['max']:.1f} | {minutes:.1f} | `{command([setting], seeds, steps)}` |"
+            f"| {s['std']:.1f} | {s['min']:.1f} - {s['max']:.1f} | {minutes:.1f} | `{command([setting], seeds, steps, profile)}` |"
         )
     lines += ["", "Mean per-class IoU (%) over the runs of each setting", ""]
     lines.append("| method | labels | " + " | ".join(CAMVID_CLASSES) + " |")
@@ -344,7 +396,8 @@ def plot(results: dict[str, list[dict]], steps: int, path: Path) -> None:
     axis.set_xticks(list(FRACTIONS), list(FRACTIONS.values()))
     axis.set_xlabel("labeled share of CamVid train (367 images)")
     axis.set_ylabel("val mean IoU (%), mean and std over seeds")
-    axis.set_title(f"{SETUP}, {steps} iterations", fontsize=9)
+    title = f"{profile_of(next(iter(results.values()))[0]).setup}, {steps} iterations"
+    axis.set_title(textwrap.fill(title, 70), fontsize=9)
     axis.grid(alpha=0.3)
     axis.legend()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -358,7 +411,7 @@ def plot_path(results_dir: Path) -> Path:
     return results_dir.parent / f"{results_dir.name}_miou.png"
 
 
-def report(results_dir: Path = DEFAULT_RESULTS, steps: int = STEPS) -> str:
+def report(results_dir: Path = CPU.results_dir, steps: int = CPU.steps) -> str:
     """The table of the finished runs; writes the plot (and names it) when there are any."""
     results = load_results(results_dir, steps)
     if not results:
@@ -370,7 +423,7 @@ def report(results_dir: Path = DEFAULT_RESULTS, steps: int = STEPS) -> str:
 # --- planning --------------------------------------------------------------------------------
 
 
-def plan(probe_steps: int, steps: int, seeds: list[int], settings: list[str], data_dir: Path) -> str:
+def plan(probe_steps: int, steps: int, seeds: list[int], settings: list[str], data_dir: Path, profile: Profile = CPU) -> str:
     """Times each method's training iteration and extrapolates to the table's runs.
 
     The networks, streams and evaluation are those :func:`run_experiment` builds
@@ -383,7 +436,7 @@ def plan(probe_steps: int, steps: int, seeds: list[int], settings: list[str], da
     steps_of, fixed = {}, {}
     with tempfile.TemporaryDirectory(prefix="advseg-plan-") as scratch:
         for method, setting in probes.items():
-            config = experiment_config(setting, 0, steps, data_dir, Path(scratch), Path(scratch) / "run")
+            config = experiment_config(setting, 0, steps, data_dir, Path(scratch), Path(scratch) / "run", profile)
             start = time.perf_counter()
             train_set, val_set = load_datasets(config)
             model = build_model(config, train_set)
@@ -417,33 +470,40 @@ def plan(probe_steps: int, steps: int, seeds: list[int], settings: list[str], da
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=list(PROFILES), default="cpu",
+                        help="cpu: the 2-core table (default); gpu: CamVid as shipped, the paper's crop and batch")  # fmt: skip
     parser.add_argument("--only", nargs="+", choices=list(SETTINGS), default=list(SETTINGS), metavar="SETTING",
                         help=f"settings to run (default all): {', '.join(SETTINGS)}")  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS), help="seeds (split, weights, data order)")
-    parser.add_argument("--steps", type=int, default=STEPS, help="iterations per run (with --table: the runs shown)")
+    parser.add_argument("--steps", type=int, help="iterations per run (with --table: the runs shown); default: the profile's")
     parser.add_argument("--table", action="store_true", help="print the table of finished runs and write the plot")
     parser.add_argument("--plan", type=int, metavar="N", help="time each method for 3 rounds of N steps, extrapolate")
-    parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS, help="result JSON files and splits")
+    parser.add_argument("--results-dir", type=Path, help="result JSON files and splits; default: the profile's")
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK, help="downscaled CamVid and checkpoints")
     parser.add_argument("--camvid", type=Path, default=DEFAULT_CAMVID, help="CamVid root (images/, labels/, train.txt)")
     args = parser.parse_args(argv)
+    profile = PROFILES[args.profile]
+    steps = args.steps or profile.steps
+    results_dir = args.results_dir or profile.results_dir
     if args.table:
-        print(report(args.results_dir, args.steps))
+        print(report(results_dir, steps))
         return
     print(f"{SCRIPT}, {datetime.datetime.now():%Y-%m-%d %H:%M}, {machine()}", flush=True)
-    data_dir = downscaled_camvid(args.camvid, args.work_dir / f"camvid-{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}")
+    width, height = profile.image_size
+    data_dir = downscaled_camvid(args.camvid, args.work_dir / f"camvid-{width}x{height}", profile.image_size)
     if args.plan:
-        print(plan(args.plan, args.steps, args.seeds, args.only, data_dir))
+        print(plan(args.plan, steps, args.seeds, args.only, data_dir, profile))
         return
+    runs_dir = args.work_dir / ("runs" if profile is CPU else f"runs-{profile.name}")
     failed = []
     for seed in args.seeds:  # seed-major: an interrupted table is complete for the first seeds
         for setting in args.only:
             try:
-                run_one(setting, seed, args.steps, args.results_dir, data_dir, args.work_dir / "runs")
+                run_one(setting, seed, steps, results_dir, data_dir, runs_dir, profile)
             except Exception:  # e.g. a diverged run: report it, and let the other runs go on
                 traceback.print_exc()
-                failed.append(command([setting], [seed], args.steps))
-    print("\n" + report(args.results_dir, args.steps))
+                failed.append(command([setting], [seed], steps, profile))
+    print("\n" + report(results_dir, steps))
     if failed:
         raise SystemExit("failed runs (their checkpoints are kept; each command resumes one):\n" + "\n".join(failed))
 

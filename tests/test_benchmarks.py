@@ -73,8 +73,8 @@ def test_command_reproduces_the_runs_it_names(tmp_path, monkeypatch):
     line = qc.command(["semi-1of8", "baseline-all"], [0, 1], 600)
     assert line == "python benchmarks/quality_camvid.py --only semi-1of8 baseline-all --seeds 0 1 --steps 600"
     calls = []
-    monkeypatch.setattr(qc, "run_one", lambda setting, seed, steps, *dirs: calls.append((setting, seed, steps)))
-    monkeypatch.setattr(qc, "downscaled_camvid", lambda source, target: target)
+    monkeypatch.setattr(qc, "run_one", lambda setting, seed, steps, *dirs_and_profile: calls.append((setting, seed, steps)))
+    monkeypatch.setattr(qc, "downscaled_camvid", lambda source, target, size: target)
     qc.main([*line.split()[2:], "--results-dir", str(tmp_path), "--work-dir", str(tmp_path)])
     assert calls == [("semi-1of8", 0, 600), ("baseline-all", 0, 600), ("semi-1of8", 1, 600), ("baseline-all", 1, 600)]
 
@@ -85,18 +85,41 @@ def test_command_reproduces_the_runs_it_names(tmp_path, monkeypatch):
 def test_main_runs_seed_major_and_keeps_going_after_a_failure(tmp_path, monkeypatch, capsys):
     calls = []
 
-    def fake_run_one(setting, seed, steps, results_dir, data_dir, runs_dir):
+    def fake_run_one(setting, seed, steps, results_dir, data_dir, runs_dir, profile):
         calls.append((setting, seed, steps))
         if setting == "semi-1of8":
             raise FloatingPointError("loss_seg is nan")
         return {}
 
     monkeypatch.setattr(qc, "run_one", fake_run_one)
-    monkeypatch.setattr(qc, "downscaled_camvid", lambda source, target: target)
+    monkeypatch.setattr(qc, "downscaled_camvid", lambda source, target, size: target)
     argv = ["--only", "baseline-all", "semi-1of8", "--seeds", "3", "4", "--steps", "7", "--results-dir", str(tmp_path), "--work-dir", str(tmp_path)]  # fmt: skip
     with pytest.raises(SystemExit, match="--only semi-1of8 --seeds 3 --steps 7"):
         qc.main(argv)
     assert calls == [("baseline-all", 3, 7), ("semi-1of8", 3, 7), ("baseline-all", 4, 7), ("semi-1of8", 4, 7)]
+
+
+def test_gpu_profile_trains_full_size_camvid_at_the_papers_setting_in_its_own_folders(tmp_path, monkeypatch):
+    gpu = qc.PROFILES["gpu"]
+    config = qc.experiment_config("semi-1of8", 0, 5000, tmp_path, tmp_path / "results", tmp_path / "run", gpu)
+    assert (config.crop_size, config.batch_size, config.discriminator) == (321, 10, "paper")
+    assert config.weights is None and config.semi_start == 2500 and config.precision == "mixed_float16"
+    assert gpu.image_size == (480, 360) and gpu.results_dir != qc.CPU.results_dir
+    runs = []
+    monkeypatch.setattr(qc, "run_one", lambda setting, seed, steps, results, data, runs_dir, profile: runs.append(
+        (steps, results, data.name, runs_dir.name, profile.name)))  # fmt: skip
+    monkeypatch.setattr(qc, "downscaled_camvid", lambda source, target, size: target if size == (480, 360) else None)
+    qc.main(["--profile", "gpu", "--only", "semi-1of8", "--seeds", "0", "--work-dir", str(tmp_path)])
+    assert runs == [(5000, gpu.results_dir, "camvid-480x360", "runs-gpu", "gpu")]
+    assert qc.command(["semi-1of8"], [0], 5000, gpu).startswith("python benchmarks/quality_camvid.py --profile gpu --only")
+
+
+def test_table_titles_and_commands_follow_the_results_profile(tmp_path):
+    record = {**fake_record("semi-1of8", 0, 50, 0.4), "profile": "gpu", "setup": qc.PROFILES["gpu"].setup}
+    qc.write_json_atomically(qc.result_path(tmp_path, "semi-1of8", 0, 50), record)
+    text = qc.table(qc.load_results(tmp_path, 50), 50)
+    assert "CamVid 480x360" in text and "crops 321, batch 10" in text
+    assert "--profile gpu --only semi-1of8 --seeds 0 --steps 50" in text
 
 
 def test_run_one_skips_a_finished_run(tmp_path, monkeypatch):
