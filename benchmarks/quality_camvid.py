@@ -177,7 +177,7 @@ CPU = PROFILES["cpu"]
 def downscaled_camvid(source: Path, target: Path, size: tuple[int, int] = CPU.image_size) -> Path:
     """``target``: CamVid's train and val at ``size`` (images bilinear, JPEG quality 95; labels
     nearest, so no class appears that was not there), made once, atomically (a folder built
-    aside and renamed), and reused afterwards."""
+    aside and renamed), and reused afterwards, also by runs started in parallel."""
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -193,7 +193,12 @@ def downscaled_camvid(source: Path, target: Path, size: tuple[int, int] = CPU.im
                     resized.save(partial / kind / split / f"{name}{suffix}", **options)
         shutil.copyfile(source / f"{split}.txt", partial / f"{split}.txt")
     partial.chmod(0o755)  # mkdtemp's folder is private to its owner; a dataset copy need not be
-    os.replace(partial, target)
+    try:
+        os.replace(partial, target)
+    except OSError:  # another run (in parallel) finished the same copy first: use that one
+        shutil.rmtree(partial)
+        if not target.is_dir():
+            raise
     return target
 
 

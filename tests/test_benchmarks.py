@@ -190,8 +190,8 @@ def test_report_writes_the_plot_beside_the_results_folder(tmp_path):
 # --- the downscaled CamVid -------------------------------------------------------------------------
 
 
-def test_downscaled_camvid_halves_images_and_keeps_label_values(tmp_path):
-    source = tmp_path / "camvid"
+def fake_camvid(source: Path) -> Path:
+    """A CamVid-shaped folder: train a, b and val c, 48x36, labels 0, 3 and 11."""
     rng = np.random.default_rng(0)
     for split, names in (("train", ["a", "b"]), ("val", ["c"])):
         (source / "images" / split).mkdir(parents=True)
@@ -201,6 +201,11 @@ def test_downscaled_camvid_halves_images_and_keeps_label_values(tmp_path):
             Image.fromarray(rng.integers(0, 256, (36, 48, 3), dtype=np.uint8)).save(source / "images" / split / f"{name}.jpg")
             labels = rng.choice(np.array([0, 3, 11], np.uint8), (36, 48))
             Image.fromarray(labels).save(source / "labels" / split / f"{name}.png")
+    return source
+
+
+def test_downscaled_camvid_halves_images_and_keeps_label_values(tmp_path):
+    source = fake_camvid(tmp_path / "camvid")
     target = qc.downscaled_camvid(source, tmp_path / "work" / "small", size=(24, 18))
     with Image.open(target / "images" / "train" / "a.jpg") as image:
         assert image.size == (24, 18)
@@ -210,6 +215,22 @@ def test_downscaled_camvid_halves_images_and_keeps_label_values(tmp_path):
     (source / "train.txt").unlink()  # made once: a second call does not read the source again
     assert qc.downscaled_camvid(source, target, size=(24, 18)) == target
     assert [p.name for p in (tmp_path / "work").iterdir()] == ["small"]  # no partial folder left
+
+
+def test_downscaled_camvid_uses_the_copy_a_parallel_run_finished_first(tmp_path, monkeypatch):
+    source, target = fake_camvid(tmp_path / "camvid"), tmp_path / "work" / "small"
+    read_list = qc.read_list
+
+    def other_run_finishes_meanwhile(path):
+        if not target.exists():
+            target.mkdir()
+            (target / "train.txt").write_text("theirs\n")
+        return read_list(path)
+
+    monkeypatch.setattr(qc, "read_list", other_run_finishes_meanwhile)
+    assert qc.downscaled_camvid(source, target, size=(24, 18)) == target
+    assert (target / "train.txt").read_text() == "theirs\n"
+    assert [p.name for p in (tmp_path / "work").iterdir()] == ["small"]  # our partial copy is gone
 
 
 # --- run_all ----------------------------------------------------------------------------------------
