@@ -37,10 +37,10 @@ from machine_info import machine
 
 NUM_CLASSES = 21
 MODES = ("baseline", "adversarial", "semi")
-MOBILENET = ("mobilenet_v2", "deeplabv3plus")  # this project's default generator
-PAPER_G = ("resnet101", "deeplabv2")  # the paper's generator (at output stride 16 on the CPU)
-PAPER_G_OS8 = (*PAPER_G, 8)  # and at its own output stride on a GPU
-MOBILENET_OS16 = (*MOBILENET, 16)
+#: Generators as (backbone, head, output stride).
+MOBILENET = ("mobilenet_v2", "deeplabv3plus", 16)  # this project's default generator
+PAPER_G = ("resnet101", "deeplabv2", 16)  # the paper's generator, at output stride 16 on the CPU
+PAPER_G_OS8 = ("resnet101", "deeplabv2", 8)  # and at its own output stride on a GPU
 POLICIES = ("float32", "mixed_float16")
 
 
@@ -66,12 +66,12 @@ def synthetic_batch(mode: str, batch_size: int, crop: int, seed: int = 0) -> dic
 
 def compiled_steps(generator: tuple, batch_size: int, crop: int, jit_compile: bool) -> dict:
     """{mode: (one compiled training step, as fit runs it; its batch iterator)} for a
-    ``(backbone, head[, output_stride])`` generator."""
+    ``(backbone, head, output_stride)`` generator."""
     steps = {}
-    backbone, head, *stride = generator
+    backbone, head, output_stride = generator
     for mode in MODES:
         keras.utils.set_random_seed(0)
-        g = build_generator(NUM_CLASSES, backbone=backbone, head=head, weights=None, output_stride=(stride or [16])[0])
+        g = build_generator(NUM_CLASSES, backbone=backbone, head=head, weights=None, output_stride=output_stride)
         d = None if mode == "baseline" else build_discriminator(NUM_CLASSES)
         model = AdvSemiSeg(g, d, num_classes=NUM_CLASSES, semi_start=0)
         g_optimizer, d_optimizer = paper_optimizers(total_steps=20000)
@@ -129,7 +129,7 @@ def gpu_settings(quick: bool = False, policies=POLICIES, xla=(False, True)) -> I
     for policy in policies:
         configure_precision(policy)
         for jit_compile in xla:
-            for g in (MOBILENET_OS16, PAPER_G_OS8):
+            for g in (MOBILENET, PAPER_G_OS8):
                 name = f"{g[0]} + {g[1]} (OS {g[2]}), crop {crop}, batch {batch_size}, {policy}, XLA {'on' if jit_compile else 'off'}"
                 tf.config.experimental.reset_memory_stats("GPU:0")
                 figures = measure(g, batch_size, crop, rounds, jit_compile)
