@@ -205,9 +205,14 @@ def downscaled_camvid(source: Path, target: Path, size: tuple[int, int] = CPU.im
 # --- runs ------------------------------------------------------------------------------------
 
 
-def command(settings: list[str], seeds: list[int], steps: int, profile: Profile = CPU) -> str:
-    """The command line that trains (or, once done, skips) these runs."""
+def command(
+    settings: list[str], seeds: list[int], steps: int, profile: Profile = CPU, results_dir: Path | None = None
+) -> str:
+    """The command line that trains (or, once done, skips) these runs, with their results in
+    ``results_dir`` (default: the profile's folder)."""
     chosen = "" if profile is CPU else f" --profile {profile.name}"
+    if results_dir is not None and Path(results_dir).resolve() != profile.results_dir.resolve():
+        chosen += f" --results-dir {_portable(str(results_dir))}"
     return f"python {SCRIPT}{chosen} --only {' '.join(settings)} --seeds {' '.join(map(str, seeds))} --steps {steps}"
 
 
@@ -266,7 +271,7 @@ def run_one(
         return json.loads(path.read_text())
     run_dir = runs_dir / f"{setting}-seed{seed}-{steps}steps"
     config = experiment_config(setting, seed, steps, data_dir, results_dir, run_dir, profile)
-    print(f"\n{setting} seed {seed}: {config.describe()}\n  {command([setting], [seed], steps, profile)}", flush=True)
+    print(f"\n{setting} seed {seed}: {config.describe()}\n  {command([setting], [seed], steps, profile, results_dir)}", flush=True)
     load_before, start = os.getloadavg()[0], time.perf_counter()
     result = run_experiment(config, verbose=2)
     stale = {key: result.pop(key) for key in ("mean_iou", "pixel_accuracy", "per_class_iou")}
@@ -286,7 +291,7 @@ def run_one(
         "steps": steps,
         "profile": profile.name,
         "setup": profile.setup,
-        "command": command([setting], [seed], steps, profile),
+        "command": command([setting], [seed], steps, profile, results_dir),
         **result,
         "wall_time_s": wall_time,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -348,7 +353,7 @@ def profile_of(record: dict) -> Profile:
     return PROFILES[record.get("profile", "cpu")]
 
 
-def table(results: dict[str, list[dict]], steps: int) -> str:
+def table(results: dict[str, list[dict]], steps: int, results_dir: Path | None = None) -> str:
     """Markdown: mean IoU per setting (mean +- std and min-max over seeds, in %), with the command
     that reproduces each row, then the mean per-class IoU."""
     if not results:
@@ -366,7 +371,7 @@ def table(results: dict[str, list[dict]], steps: int) -> str:
         minutes = statistics.fmean(r["wall_time_s"] for r in records) / 60
         lines.append(
             f"| {METHOD_LABELS[records[0]['method']]} | {records[0]['labels']} | {len(records)} | {s['mean']:.1f} "
-            f"| {s['std']:.1f} | {s['min']:.1f} - {s['max']:.1f} | {minutes:.1f} | `{command([setting], seeds, steps, profile)}` |"
+            f"| {s['std']:.1f} | {s['min']:.1f} - {s['max']:.1f} | {minutes:.1f} | `{command([setting], seeds, steps, profile, results_dir)}` |"
         )
     lines += ["", "Mean per-class IoU (%) over the runs of each setting", ""]
     lines.append("| method | labels | " + " | ".join(CAMVID_CLASSES) + " |")
@@ -420,9 +425,9 @@ def report(results_dir: Path = CPU.results_dir, steps: int = CPU.steps) -> str:
     """The table of the finished runs; writes the plot (and names it) when there are any."""
     results = load_results(results_dir, steps)
     if not results:
-        return table(results, steps)
+        return table(results, steps, results_dir)
     plot(results, steps, plot_path(results_dir))
-    return f"{table(results, steps)}\n\nPlot: {_portable(str(plot_path(results_dir)))}"
+    return f"{table(results, steps, results_dir)}\n\nPlot: {_portable(str(plot_path(results_dir)))}"
 
 
 # --- planning --------------------------------------------------------------------------------
@@ -507,7 +512,7 @@ def main(argv: list[str] | None = None) -> None:
                 run_one(setting, seed, steps, results_dir, data_dir, runs_dir, profile)
             except Exception:  # e.g. a diverged run: report it, and let the other runs go on
                 traceback.print_exc()
-                failed.append(command([setting], [seed], steps, profile))
+                failed.append(command([setting], [seed], steps, profile, results_dir))
     print("\n" + report(results_dir, steps))
     if failed:
         raise SystemExit("failed runs (their checkpoints are kept; each command resumes one):\n" + "\n".join(failed))

@@ -114,6 +114,22 @@ def test_gpu_profile_trains_full_size_camvid_at_the_papers_setting_in_its_own_fo
     assert qc.command(["semi-1of8"], [0], 5000, gpu).startswith("python benchmarks/quality_camvid.py --profile gpu --only")
 
 
+def test_commands_name_a_results_folder_other_than_the_profiles(tmp_path, monkeypatch):
+    assert "--results-dir" not in qc.command(["semi-1of8"], [0], 20, results_dir=qc.CPU.results_dir)
+    elsewhere = qc.RESULTS_ROOT / "camvid_long"
+    line = qc.command(["semi-1of8"], [0], 1600, results_dir=elsewhere)
+    assert line == "python benchmarks/quality_camvid.py --results-dir benchmarks/results/camvid_long --only semi-1of8 --seeds 0 --steps 1600"
+    runs = []
+    monkeypatch.setattr(qc, "run_one", lambda setting, seed, steps, results, *rest: runs.append(results.resolve()))
+    monkeypatch.setattr(qc, "downscaled_camvid", lambda source, target, size: target)
+    monkeypatch.setattr(qc, "report", lambda *args: "")
+    monkeypatch.chdir(qc.PROJECT_ROOT)  # the commands are run from the project root
+    qc.main([*line.split()[2:], "--work-dir", str(tmp_path)])
+    assert runs == [elsewhere.resolve()]
+    write_fake_results(tmp_path, {("baseline-1of8", 0): 0.4})
+    assert "--results-dir <outside the project>/" in qc.table(qc.load_results(tmp_path, 600), 600, tmp_path)
+
+
 def test_table_titles_and_commands_follow_the_results_profile(tmp_path):
     record = {**fake_record("semi-1of8", 0, 50, 0.4), "profile": "gpu", "setup": qc.PROFILES["gpu"].setup}
     qc.write_json_atomically(qc.result_path(tmp_path, "semi-1of8", 0, 50), record)
@@ -148,7 +164,8 @@ def test_run_one_writes_a_portable_result_and_drops_the_checkpoints(tmp_path, mo
     assert written == record and record["wall_time_s"] >= 0
     assert record["mean_iou"] == 0.5 and record["per_class_iou"] == {"sky": 0.5}
     assert record["run_experiment_evaluation"]["mean_iou"] == 0.25
-    assert record["command"] == qc.command(["semi-1of8"], [0], 20) and record["machine"]
+    assert record["command"] == qc.command(["semi-1of8"], [0], 20, results_dir=tmp_path / "results") and record["machine"]
+    assert "--results-dir <outside the project>/" in record["command"]  # the folder is named, not the machine path
     assert str(tmp_path) not in json.dumps(written)  # no machine paths in result files
     assert seen["config"].semi_start == 10
     assert not Path(seen["config"].checkpoint_dir).exists()
