@@ -169,6 +169,13 @@ PROFILES = {
     ),
 }
 CPU = PROFILES["cpu"]
+#: The tables kept in benchmarks/results, as (folder, iterations): the CPU table, its check at
+#: four times the length (1/8 of the labels), and the GPU table.
+KEPT_TABLES = (
+    (CPU.results_dir, CPU.steps),
+    (RESULTS_ROOT / "camvid_long", 4 * CPU.steps),
+    (PROFILES["gpu"].results_dir, PROFILES["gpu"].steps),
+)
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -430,6 +437,13 @@ def report(results_dir: Path = CPU.results_dir, steps: int = CPU.steps) -> str:
         return table(results, steps, results_dir)
     plot(results, steps, plot_path(results_dir))
     return f"{table(results, steps, results_dir)}\n\nPlot: {_portable(str(plot_path(results_dir)))}"
+
+
+def kept_reports() -> str:
+    """:func:`report` of every kept table that has results (the CPU table's "no results yet"
+    when none has)."""
+    reports = [report(folder, steps) for folder, steps in KEPT_TABLES if load_results(folder, steps)]
+    return "\n\n".join(reports) or report()
 
 
 # --- planning --------------------------------------------------------------------------------

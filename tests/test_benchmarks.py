@@ -204,6 +204,19 @@ def test_report_writes_the_plot_beside_the_results_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["camvid", "camvid_miou.png"]
 
 
+def test_kept_reports_print_every_kept_table_that_has_results(tmp_path, monkeypatch):
+    short, long, empty = tmp_path / "camvid", tmp_path / "camvid_long", tmp_path / "camvid_gpu"
+    monkeypatch.setattr(qc, "KEPT_TABLES", ((short, 400), (long, 1600), (empty, 5000)))
+    write_fake_results(short, {("baseline-1of8", 0): 0.3}, steps=400)
+    write_fake_results(long, {("semi-1of8", 0): 0.4}, steps=1600)
+    write_fake_results(long, {("semi-1of8", 1): 0.1}, steps=400)  # not the long table's length
+    text = qc.kept_reports()
+    assert text.count("Val mean IoU (%)") == 2 and ", 400 iterations" in text and ", 1600 iterations" in text
+    assert "| + adversarial + semi | 1/8 | 1 | 40.0 |" in text
+    assert "camvid_gpu" not in text and not (tmp_path / "camvid_gpu_miou.png").exists()
+    assert (tmp_path / "camvid_long_miou.png").exists()
+
+
 # --- the downscaled CamVid -------------------------------------------------------------------------
 
 
@@ -273,7 +286,7 @@ def fake_benchmarks(monkeypatch):
     monkeypatch.setattr(run_all.bench_memory, "run", lambda quick: record("memory", quick))
     monkeypatch.setattr(run_all.bench_train, "run", train)
     monkeypatch.setattr(run_all.quality_camvid, "main", lambda argv: record("quality_runs", argv))
-    monkeypatch.setattr(run_all.quality_camvid, "report", lambda: "TABLE")
+    monkeypatch.setattr(run_all.quality_camvid, "kept_reports", lambda: "TABLE")
     monkeypatch.setattr(run_all.quality_camvid, "write_json_atomically", lambda path, data: record("written", (path.name, data)))  # fmt: skip
     return calls
 
