@@ -76,6 +76,7 @@ from advseg_utils.metrics import (
     pixel_accuracy,
 )
 from advseg_utils.models import backbone_variables, build_discriminator, build_generator, head_variables
+from advseg_utils.monitoring import DiscriminatorCollapseWarning, DiscriminatorMonitor
 from advseg_utils.prepare import prepare_voc, prepare_voc_aug
 from advseg_utils.schedules import ReduceBothLROnPlateau, paper_optimizers, plateau_optimizers, poly_decay
 from advseg_utils.training import AdvSemiSeg, configure_precision, get_strategy

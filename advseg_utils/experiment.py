@@ -47,6 +47,7 @@ from advseg_utils.datasets import (
 from advseg_utils.file_utils import get_or_create_split, load_img, load_mask
 from advseg_utils.inference import Segmenter, evaluate
 from advseg_utils.models import build_discriminator, build_generator
+from advseg_utils.monitoring import DiscriminatorMonitor
 from advseg_utils.schedules import paper_optimizers
 from advseg_utils.training import AdvSemiSeg, configure_precision, get_strategy
 from advseg_utils.voc_gen import VOCGen
@@ -407,7 +408,9 @@ def training_stream(
         return lambda step: data.adversarial(step, ids=labeled_ids)
     if not unlabeled_ids:
         raise ValueError("method='semi' needs unlabeled ids: pass the second list of split_ids(config, train_set)")
-    return lambda step: data.semi_supervised(labeled_ids, unlabeled_ids, step)
+    # The unlabeled images' true labels, where the dataset has them, feed the pseudo-label
+    # accuracy logs only (AdvSemiSeg's pseudo_acc_all / pseudo_acc_kept), never a loss.
+    return lambda step: data.semi_supervised(labeled_ids, unlabeled_ids, step, unlabeled_labels=train_set.labeled)
 
 
 def train_model(
@@ -433,6 +436,7 @@ def train_model(
     if val_set is not None and config.validate_every:
         validation = VOCGen(val_set).evaluation()
     history_log = HistoryLog(config.run_dir / HISTORY_FILE)
+    monitors = [DiscriminatorMonitor()] if config.adversarial else []  # warns when D has won or learns nothing
     train(
         model,
         training_stream(config, train_set, labeled_ids, unlabeled_ids),
@@ -442,7 +446,7 @@ def train_model(
         keep=config.keep_checkpoints,
         validation_data=validation,
         validate_every=config.validate_every,
-        callbacks=[history_log],
+        callbacks=[history_log, *monitors],
         log_dir=log_dir,
         verbose=verbose,
     )

@@ -110,3 +110,20 @@ def semi_supervised_loss(
     pseudo_labels, confident = confident_pseudo_labels(logits, d_logits, t_semi, ignore_label)
     semi_ratio = masked_mean(confident, tf.ones_like(confident))
     return cross_entropy_loss(pseudo_labels, logits, ignore_label), semi_ratio
+
+
+def pseudo_label_accuracy(
+    true_labels: tf.Tensor, logits: tf.Tensor, d_logits: tf.Tensor, t_semi: float, ignore_label: int = 255
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """A diagnostic, not a loss: how right the pseudo-labels are, where the unlabeled images'
+    true labels [B, H, W] happen to be known.
+
+    Returns this replica's shares of (the accuracy of G's arg-max over every pixel whose true
+    label is not ``ignore_label``, the same over only the pixels D's confidence keeps, above
+    ``t_semi``); 0 where no pixel counts. Both are constants: nothing here has a gradient.
+    """
+    _, confident = confident_pseudo_labels(logits, d_logits, t_semi, ignore_label)
+    true_labels = tf.cast(true_labels, tf.int32)
+    counted = true_labels != ignore_label
+    correct = tf.argmax(tf.stop_gradient(logits), axis=-1, output_type=tf.int32) == true_labels
+    return masked_mean(correct, counted), masked_mean(correct, counted & confident)

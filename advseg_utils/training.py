@@ -36,7 +36,7 @@ from advseg_utils.models import backbone_variables
 # Everything a training step can report; each mode reports a subset.
 LOG_NAMES = (
     "loss", "loss_seg", "loss_adv", "loss_semi_adv", "loss_semi",
-    "loss_d", "d_acc_real", "d_acc_fake", "semi_ratio",
+    "loss_d", "d_acc_real", "d_acc_fake", "semi_ratio", "pseudo_acc_all", "pseudo_acc_kept",
 )  # fmt: skip
 
 
@@ -84,7 +84,12 @@ class AdvSemiSeg(keras.Model):
     ``loss_seg``, ``loss_adv``, ``loss_semi_adv``, ``loss_semi`` (the unweighted pseudo-label
     cross-entropy, 0 before ``semi_start``), ``loss_d``, ``d_acc_real`` and ``d_acc_fake`` (the
     share of pixels D classifies right), ``semi_ratio`` (the share of unlabeled pixels above
-    ``t_semi``). ``evaluate`` (whole images, any size): ``mean_iou`` and ``loss_seg``.
+    ``t_semi``). When the semi-supervised batches carry the unlabeled images' true labels
+    (``"unlabeled_label"``, as :meth:`VOCGen.semi_supervised` adds where the dataset has them),
+    also ``pseudo_acc_all`` and ``pseudo_acc_kept``: the accuracy of G's arg-max on the unlabeled
+    images over all their (not ignored) pixels, and over the pixels above ``t_semi`` only; if D's
+    confidence is informative the second is the higher. Those labels reach no loss and no gradient.
+    ``evaluate`` (whole images, any size): ``mean_iou`` and ``loss_seg``.
     """
 
     def __init__(
@@ -213,6 +218,10 @@ class AdvSemiSeg(keras.Model):
                 logits_u, fake_logits[1], self.t_semi, self.ignore_label
             )
             logs["loss_semi"] = semi_on * loss_semi
+            if "unlabeled_label" in batch:  # diagnostics only: these labels reach no loss
+                logs["pseudo_acc_all"], logs["pseudo_acc_kept"] = losses.pseudo_label_accuracy(
+                    batch["unlabeled_label"], logits_u, fake_logits[1], self.t_semi, self.ignore_label
+                )
             objective += self.lambda_semi_adv * logs["loss_semi_adv"] + self.lambda_semi * logs["loss_semi"]
         logs["loss"] = objective
         d_labels = batch["d_label"]

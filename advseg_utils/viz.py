@@ -22,6 +22,7 @@ HISTORY_GROUPS = (
     ("discriminator loss", ("loss_d",)),
     ("discriminator accuracy", ("d_acc_real", "d_acc_fake")),
     ("pixels kept for the semi loss", ("semi_ratio",)),
+    ("pseudo-label accuracy (true labels)", ("pseudo_acc_all", "pseudo_acc_kept")),
     ("mean IoU", ("mean_iou",)),
 )
 

@@ -84,22 +84,34 @@ class VOCGen:
         return tf.data.Dataset.zip(streams).map(lambda batch, real: {**batch, "d_label": real["label"]})
 
     def semi_supervised(
-        self, labeled_ids: Sequence[str], unlabeled_ids: Sequence[str], start_step: int = 0
+        self,
+        labeled_ids: Sequence[str],
+        unlabeled_ids: Sequence[str],
+        start_step: int = 0,
+        unlabeled_labels: bool = False,
     ) -> tf.data.Dataset:
-        """Batches ``{"image", "label", "unlabeled_image", "d_label"}`` for semi-supervised training."""
+        """Batches ``{"image", "label", "unlabeled_image", "d_label"}`` for semi-supervised training.
+
+        ``unlabeled_labels=True`` adds ``"unlabeled_label"``, the true labels of the unlabeled crops
+        (same crops, same images: the augmentation does not depend on it), for diagnostics only:
+        how right the pseudo-labels are. It needs a dataset with masks.
+        """
         labeled = self._labeled(labeled_ids)
+        unlabeled_keys = ("image", "label") if unlabeled_labels else ("image",)
+        unlabeled_set = self._labeled(unlabeled_ids) if unlabeled_labels else self._subset(unlabeled_ids)
         streams = (
             self._stream(labeled, _Stream.LABELED, start_step, keys=("image", "label")),
-            self._stream(self._subset(unlabeled_ids), _Stream.UNLABELED, start_step, keys=("image",)),
+            self._stream(unlabeled_set, _Stream.UNLABELED, start_step, keys=unlabeled_keys),
             self._stream(labeled, _Stream.DISCRIMINATOR_LABELS, start_step, keys=("label",)),
         )
-        return tf.data.Dataset.zip(streams).map(
-            lambda batch, unlabeled, real: {
-                **batch,
-                "unlabeled_image": unlabeled["image"],
-                "d_label": real["label"],
-            }
-        )
+
+        def combine(batch, unlabeled, real):
+            combined = {**batch, "unlabeled_image": unlabeled["image"], "d_label": real["label"]}
+            if unlabeled_labels:
+                combined["unlabeled_label"] = unlabeled["label"]
+            return combined
+
+        return tf.data.Dataset.zip(streams).map(combine)
 
     def evaluation(self, batch_size: int = 1, ids: Sequence[str] | None = None) -> tf.data.Dataset:
         """One pass over whole, unaugmented images in dataset order: ``{"image", "label"}``.

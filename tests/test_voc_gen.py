@@ -169,6 +169,19 @@ def test_semi_supervised_draws_each_stream_from_its_own_ids(items):
         assert set(np.unique(batch["d_label"])) <= {0, 1, 2}
 
 
+def test_semi_supervised_can_add_the_unlabeled_crops_true_labels_without_changing_the_crops(blocks):
+    gen = VOCGen(blocks, crop_size=(24, 24), batch_size=2, scale_range=(1.0, 1.0), seed=3)
+    plain = take(gen.semi_supervised(["item0", "item1"], ["item2", "item3"]), 3)
+    with_labels = take(gen.semi_supervised(["item0", "item1"], ["item2", "item3"], unlabeled_labels=True), 3)
+    for without, batch in zip(plain, with_labels):
+        assert batch.keys() == without.keys() | {"unlabeled_label"}
+        for key in without:
+            np.testing.assert_array_equal(batch[key], without[key])  # the same crops, label or not
+        labeled = batch["unlabeled_label"] != 255  # not padding
+        assert labeled.any()
+        np.testing.assert_array_equal(batch["unlabeled_image"][labeled], COLOURS[batch["unlabeled_label"][labeled]])
+
+
 def test_unlabeled_stream_yields_images_only(items):
     batch = take(VOCGen(items, crop_size=(8, 8), batch_size=2).unlabeled(ids=["item4"]), 1)[0]
     assert batch.keys() == {"image"} and batch["image"].shape == (2, 8, 8, 3)
