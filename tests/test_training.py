@@ -98,18 +98,25 @@ def test_semi_loss_sends_gradient_into_the_generator():
 
 
 def test_each_update_moves_only_its_own_network():
+    """Both learning rates non-zero: G's step does not depend on D's optimiser nor D's on G's,
+    and each is its own optimiser's step alone (plain SGD: twice the rate, twice the step)."""
     batch = make_batch()
-    frozen_d = make_model(d_optimizer=keras.optimizers.SGD(0.0))
-    g_before, d_before = weights(frozen_d.generator), weights(frozen_d.discriminator)
-    frozen_d.train_on_batch(batch)
-    assert_weights_equal(weights(frozen_d.discriminator), d_before)  # G's update left D alone
-    assert differs(weights(frozen_d.generator), g_before)
 
-    frozen_g = make_model(g_optimizer=keras.optimizers.SGD(0.0))
-    g_before, d_before = weights(frozen_g.generator), weights(frozen_g.discriminator)
-    frozen_g.train_on_batch(batch)
-    assert_weights_equal(weights(frozen_g.generator), g_before)  # D's update left G alone
-    assert differs(weights(frozen_g.discriminator), d_before)
+    def steps(g_rate, d_rate):
+        model = make_model(g_optimizer=keras.optimizers.SGD(g_rate), d_optimizer=keras.optimizers.SGD(d_rate))
+        g_before, d_before = weights(model.generator), weights(model.discriminator)
+        model.train_on_batch(batch)
+        g_step = [after - before for after, before in zip(weights(model.generator), g_before)]
+        return g_step, [after - before for after, before in zip(weights(model.discriminator), d_before)]
+
+    g_step, d_step = steps(0.05, 0.01)
+    g_step_other_d_rate, d_step_twice = steps(0.05, 0.02)
+    g_step_twice, d_step_other_g_rate = steps(0.1, 0.01)
+    assert_weights_equal(g_step_other_d_rate, g_step)
+    assert_weights_equal(d_step_other_g_rate, d_step)
+    for once, twice in [(g_step, g_step_twice), (d_step, d_step_twice)]:
+        assert all(np.abs(step).max() > 1e-6 for step in once)
+        assert_weights_equal(twice, [2 * step for step in once], atol=1e-6)
 
 
 def test_discriminator_learns_from_detached_predictions():
