@@ -1,6 +1,7 @@
 """The networks: segmentation generators and fully convolutional discriminators."""
 from advseg_utils.models.backbones import BACKBONES, OUTPUT_STRIDES, build_backbone
 from advseg_utils.models.discriminators import build_discriminator
+from advseg_utils.models.efficientnet_lite import imagenet_class_names, imagenet_classifier
 from advseg_utils.models.generators import backbone_variables, build_generator, head_variables
 from advseg_utils.models.layers import ImageNetPreprocessing, ResizeLike
 
@@ -14,4 +15,6 @@ __all__ = [
     "build_discriminator",
     "build_generator",
     "head_variables",
+    "imagenet_class_names",
+    "imagenet_classifier",
 ]

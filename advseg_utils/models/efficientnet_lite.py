@@ -12,6 +12,9 @@ checkpoints of ``tensorflow/tpu``), with :func:`advseg_utils.pth.read_pth`: no n
 PyTorch, no code from the file runs. The inputs those weights expect are (RGB - 127) / 128
 (``ImageNetPreprocessing("efficientnet_lite")``). Stochastic depth (the originals'
 "drop connect" in training) is left out.
+
+imagenet_classes.txt, the 1000 class names by index, is ``examples/simple/labels_map.txt`` of
+github.com/ml-illustrated/EfficientNet-Lite-PyTorch (Apache-2.0), one name per line.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from advseg_utils.models.layers import ImageNetPreprocessing
 from advseg_utils.pth import read_pth
 
 #: (expand ratio, kernel, stride, output channels, repeats) of the seven stages of Lite0.
@@ -80,6 +84,26 @@ def efficientnet_lite(
     return model
 
 
+def imagenet_classifier(backbone: str = "efficientnet_lite0", weights: str | os.PathLike | None = "imagenet") -> keras.Model:
+    """The ImageNet classifier of an EfficientNet-Lite backbone: float32 RGB images in [0, 255]
+    [B, H, W, 3] (any H, W; normalised inside, as in every generator) -> 1000 logits [B, 1000].
+
+    It shows whether the weights arrived intact: a photo of a cat should come out as a cat
+    (class names: :func:`imagenet_class_names`). ``weights`` as for :func:`efficientnet_lite`.
+    """
+    if backbone not in VARIANTS:
+        raise ValueError(f"No ImageNet classifier for backbone {backbone!r}; expected one of {sorted(VARIANTS)}.")
+    images = keras.Input((None, None, 3), name="image")
+    x = ImageNetPreprocessing("efficientnet_lite", dtype="float32", name="preprocessing")(images)
+    logits = efficientnet_lite(backbone, include_top=True, weights=weights)(x)
+    return keras.Model(images, logits, name=f"{backbone}_imagenet_classifier")
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet class names, by class index (as in the weights' classifier)."""
+    return (Path(__file__).with_name("imagenet_classes.txt")).read_text().splitlines()
+
+
 def imagenet_weights_file(name: str) -> Path:
     """The ``.pth`` file of the installed weights package of EfficientNet-Lite ``name``."""
     variant = VARIANTS[name]
@@ -105,7 +129,8 @@ def load_pth_weights(model: keras.Model, path: str | os.PathLike) -> None:
         raise FileNotFoundError(f"Weights file {path} does not exist; expected a PyTorch .pth state dict")
     state = read_pth(path)
     targets = _torch_targets(model)
-    unused = {key for key in state if key.endswith("num_batches_tracked") or (key.startswith("_fc.") and "predictions" not in {l.name for l in model.layers})}
+    has_top = any(layer.name == "predictions" for layer in model.layers)
+    unused = {key for key in state if key.endswith(".num_batches_tracked") or (not has_top and key.startswith("_fc."))}
     missing = [key for key in targets if key not in state]
     extra = sorted(set(state) - set(targets) - unused)
     if missing or extra:
