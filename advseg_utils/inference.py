@@ -16,6 +16,7 @@ from advseg_utils.metrics import (
     ConfusionMatrix,
     iou_from_confusion,
     mean_iou_from_confusion,
+    original_mean_iou_from_confusion,
     pixel_accuracy_from_confusion,
 )
 from advseg_utils.viz import iou_table
@@ -94,6 +95,13 @@ class EvaluationResult:
         return mean_iou_from_confusion(self.confusion)
 
     @property
+    def original_mean_iou(self) -> float:
+        """The mean as the original code's evaluation computes it: over the classes with a true
+        positive only (see :func:`~advseg_utils.metrics.original_mean_iou_from_confusion`); for
+        comparing with numbers from that code, never instead of :attr:`mean_iou`."""
+        return original_mean_iou_from_confusion(self.confusion)
+
+    @property
     def per_class_iou(self) -> np.ndarray:
         """float64 [C], NaN for a class absent from truth and prediction."""
         return iou_from_confusion(self.confusion)
@@ -103,18 +111,25 @@ class EvaluationResult:
         return pixel_accuracy_from_confusion(self.confusion)
 
     def table(self) -> str:
-        """Per-class IoU as a markdown table, ending with the mean."""
-        return iou_table(self.per_class_iou, self.class_names, self.mean_iou)
+        """Per-class IoU as a markdown table, ending with the mean and the original code's mean."""
+        return iou_table(self.per_class_iou, self.class_names, self.mean_iou, self.original_mean_iou)
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: mean IoU, pixel accuracy and per-class IoU (None for an absent class)."""
+        """JSON-ready: mean IoU, the original code's mean IoU, pixel accuracy and per-class IoU
+        (None for an absent class)."""
         per_class = {name: None if np.isnan(iou) else float(iou) for name, iou in zip(self.class_names, self.per_class_iou)}
-        return {"mean_iou": self.mean_iou, "pixel_accuracy": self.pixel_accuracy, "per_class_iou": per_class}
+        return {
+            "mean_iou": self.mean_iou,
+            "original_mean_iou": self.original_mean_iou,
+            "pixel_accuracy": self.pixel_accuracy,
+            "per_class_iou": per_class,
+        }
 
 
 def evaluate(segmenter: Segmenter, dataset: SegDataset, progress: bool = True) -> EvaluationResult:
     """Single-scale evaluation on whole images, as the paper's: one confusion matrix over the
-    whole ``dataset``, pixels labelled with the ignore label left out."""
+    whole ``dataset``, pixels labelled with the ignore label left out. The result's ``mean_iou``
+    is the standard mean; ``original_mean_iou`` the original code's, for comparing with its numbers."""
     matrix = ConfusionMatrix(dataset.num_classes, dataset.ignore_label)
     batches = VOCGen(dataset).evaluation(batch_size=1)
     for batch in tqdm(batches, total=len(dataset), desc=f"evaluating on {dataset.name}", disable=not progress):

@@ -11,6 +11,9 @@ every score from it with the same TensorFlow functions (``_iou``, ``_mean_over_p
 
 A pixel is counted when its truth lies in ``0..C-1`` and is not ``ignore_label``; truth values
 outside that range (255, CamVid's void 11, ...) are left out like the ignore label.
+
+:func:`original_mean_iou_from_confusion` is the mean as the original code computes it, for
+comparing with numbers from that code only (see its docstring).
 """
 from __future__ import annotations
 
@@ -33,6 +36,13 @@ def _mean_over_present(iou: tf.Tensor) -> tf.Tensor:
     """Mean of the non-NaN entries (NaN when there are none)."""
     present = tf.logical_not(tf.math.is_nan(iou))
     return tf.reduce_sum(tf.where(present, iou, 0.0)) / tf.reduce_sum(tf.cast(present, iou.dtype))
+
+
+def _mean_over_true_positives(cm: tf.Tensor) -> tf.Tensor:
+    """Mean IoU over the classes with at least one true positive only (NaN when none has one)."""
+    iou = _iou(cm)
+    hit = tf.linalg.diag_part(tf.cast(cm, tf.float64)) > 0
+    return tf.reduce_sum(tf.where(hit, iou, 0.0)) / tf.reduce_sum(tf.cast(hit, iou.dtype))
 
 
 def _accuracy(cm: tf.Tensor) -> tf.Tensor:
@@ -75,6 +85,16 @@ def iou_from_confusion(cm) -> np.ndarray:
 def mean_iou_from_confusion(cm) -> float:
     """Mean IoU over the classes present in a confusion matrix (NaN if no pixel was counted)."""
     return float(_mean_over_present(_iou(tf.constant(cm))))
+
+
+def original_mean_iou_from_confusion(cm) -> float:
+    """Mean IoU as the original code's evaluation computes it (``evaluate_voc.py``'s ``get_iou``,
+    ``utils/metric.py``'s ``ConfusionMatrix.jaccard``): the average over the classes with at least
+    one true positive only. A class that occurs but is never predicted right (IoU 0) is left out,
+    so a weak model scores higher than with :func:`mean_iou_from_confusion`; the two agree when
+    every class that occurs has a true positive. For comparing with numbers from that code only.
+    """
+    return float(_mean_over_true_positives(tf.constant(cm)))
 
 
 def pixel_accuracy_from_confusion(cm) -> float:

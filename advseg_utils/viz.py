@@ -26,6 +26,9 @@ HISTORY_GROUPS = (
     ("mean IoU", ("mean_iou",)),
 )
 
+#: The row of :func:`iou_table` that holds the original code's mean IoU.
+ORIGINAL_MEAN_LABEL = "mean, original code's formula (classes with a true positive)"
+
 _CELL_INCHES = 3.0
 
 
@@ -207,12 +210,17 @@ def plot_history(history) -> Figure:
     return _closed(fig)
 
 
-def iou_table(iou, class_names: Sequence[str], mean: float | None = None) -> str:
-    """A markdown table of per-class IoU in % (absent classes say so), ending with the mean."""
+def iou_table(
+    iou, class_names: Sequence[str], mean: float | None = None, original_mean: float | None = None
+) -> str:
+    """A markdown table of per-class IoU in % (absent classes say so), ending with the mean and,
+    when given, the original code's mean (over the classes with a true positive only)."""
     iou = _check_iou(iou, class_names)
     mean = _mean_of_present(iou) if mean is None else mean
     rows = [(name, "absent" if np.isnan(value) else f"{100 * value:.1f}") for name, value in zip(class_names, iou)]
     rows.append(("**mean**", f"{100 * mean:.1f}"))
+    if original_mean is not None:
+        rows.append((ORIGINAL_MEAN_LABEL, f"{100 * original_mean:.1f}"))
     width = max(len("class"), *(len(name) for name, _ in rows))
     lines = [f"| {'class':<{width}} | IoU (%) |", f"|{'-' * (width + 2)}|--------:|"]
     lines += [f"| {name:<{width}} | {value:>7} |" for name, value in rows]

@@ -1,8 +1,10 @@
 """Whole-image inference helpers that are not covered with the notebook glue."""
 import keras
 import numpy as np
+import pytest
 
-from advseg_utils import recalibrate_batchnorm
+from advseg_utils import EvaluationResult, recalibrate_batchnorm
+from advseg_utils.viz import ORIGINAL_MEAN_LABEL
 
 
 def _generator_with_batchnorm(frozen: bool) -> keras.Model:
@@ -34,3 +36,14 @@ def test_recalibration_leaves_frozen_batchnorm_alone():
     recalibrate_batchnorm(generator, np.ones((2, 5, 5, 3), np.float32) * 7)
     for a, b in zip(before, generator.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_evaluation_reports_the_standard_and_the_original_codes_mean_labelled():
+    # IoU: class 0 2/5, class 1 1/2, class 2 0 (no true positive): means 30.0 and 45.0
+    confusion = np.array([[2, 0, 0], [1, 1, 0], [2, 0, 0]])
+    result = EvaluationResult(confusion, ("a", "b", "c"))
+    scores = result.as_dict()
+    assert (scores["mean_iou"], scores["original_mean_iou"]) == pytest.approx((0.3, 0.45))
+    *_, mean_row, original_row = result.table().splitlines()
+    assert "**mean**" in mean_row and "30.0" in mean_row
+    assert ORIGINAL_MEAN_LABEL in original_row and "45.0" in original_row

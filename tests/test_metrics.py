@@ -15,6 +15,8 @@ from advseg_utils.metrics import (
     confusion_matrix,
     iou_from_confusion,
     mean_iou,
+    mean_iou_from_confusion,
+    original_mean_iou_from_confusion,
     per_class_iou,
     pixel_accuracy,
 )
@@ -60,6 +62,24 @@ def test_class_present_only_in_the_prediction_counts_with_iou_zero():
     prediction = np.array([[0, 0], [0, 1]])
     np.testing.assert_allclose(per_class_iou(truth, prediction, 2), [3 / 4, 0.0])
     assert mean_iou(truth, prediction, 2) == pytest.approx(3 / 8)
+
+
+def test_the_original_codes_mean_leaves_out_classes_without_a_true_positive():
+    # confusion rows truth: class 0 [2, 0, 0], class 1 [1, 1, 0], class 2 [2, 0, 0]; class 3 absent
+    # IoU0 = 2 / (2 + 5 - 2) = 2/5, IoU1 = 1 / (2 + 1 - 1) = 1/2, IoU2 = 0 / (2 + 0 - 0) = 0
+    # standard mean (2/5 + 1/2 + 0) / 3 = 0.3; the original's leaves class 2 out: (2/5 + 1/2) / 2
+    cm = confusion_matrix(np.array([0, 0, 1, 1, 2, 2]), np.array([0, 0, 0, 1, 0, 0]), 4)
+    assert mean_iou_from_confusion(cm) == pytest.approx(0.3)
+    assert original_mean_iou_from_confusion(cm) == pytest.approx(0.45)
+    # a class only predicted (IoU 0, no true positive) counts in the standard mean only
+    cm = confusion_matrix(np.array([0, 0, 0, 0]), np.array([0, 0, 0, 1]), 2)
+    assert (mean_iou_from_confusion(cm), original_mean_iou_from_confusion(cm)) == pytest.approx((3 / 8, 3 / 4))
+
+
+def test_the_two_means_agree_when_every_class_has_a_true_positive():
+    cm = confusion_matrix(np.array([[0, 0, 1], [1, 2, 2]]), np.array([[0, 1, 1], [1, 2, 0]]), 3)
+    assert original_mean_iou_from_confusion(cm) == pytest.approx(mean_iou_from_confusion(cm)) == pytest.approx(0.5)
+    assert np.isnan(original_mean_iou_from_confusion(np.zeros((2, 2), np.int64)))
 
 
 # Batch A is perfect (mIoU 1); batch B has IoU0 = 1/2, IoU1 = 0 (mIoU 1/4): the mean of the
