@@ -34,8 +34,12 @@ def build_generator(
     trained on VOC segmentation: a generator that has already seen every training label makes
     the semi-supervised experiments' labeled fraction meaningless.
     output_stride: 16 or 8, the stride of the backbone's last features (see backbones.py).
-    freeze_batchnorm: run the backbone's batch norms in inference mode, untrained, as the paper
-    does (batches of 10 crops are too small for batch statistics).
+    freeze_batchnorm: run the backbone's batch norms in inference mode (normalising with their
+    moving statistics, which stay fixed) and leave their scale and offset untrained. This is
+    *not* what the original code does: it freezes the scale and offset but calls
+    ``model.train()``, so its batch norms normalise with each batch's statistics (and update
+    their running ones). The default, False, is the closer of the two (batch statistics; the
+    scale and offset also train).
     """
     if head not in _HEADS:
         raise ValueError(f"Unknown head {head!r}; expected one of {sorted(_HEADS)}.")
