@@ -1,12 +1,12 @@
 """Training throughput of the baseline, adversarial and semi-supervised steps.
 
 Each step is :class:`advseg_utils.training.AdvSemiSeg`'s compiled ``train_step`` (the function
-``fit`` runs) on real networks without pretrained weights (two generators: this project's
-default DeepLabV3+ on MobileNetV2, and the paper's DeepLab-v2 on ResNet-101) and the paper's
-discriminator, fed one synthetic batch held in memory, so that the input pipeline is not
-measured. The
-figures are labeled images per second and the cost of a step relative to the baseline step,
-measured in the same run: the semi-supervised step runs G on twice the images, D on three
+``fit`` runs) on real networks without pretrained weights (three generators: this project's
+default DeepLabV3+ on MobileNetV2, the same head on EfficientNet-Lite0, whose ImageNet weights
+install offline, and the paper's DeepLab-v2 on ResNet-101) and the paper's discriminator, fed
+one synthetic batch held in memory, so that the input pipeline is not measured. The figures
+are labeled images per second and the cost of a step relative to the baseline step, measured in
+the same run: the semi-supervised step runs G on twice the images, D on three
 maps (G's two predictions and the ground truth) and backpropagates through D five times
 (G's two adversarial terms, D's loss on three maps); the goal is at most 2.5x the baseline
 step. The paper's D costs about as much per image as a small generator at the same size, so
@@ -39,6 +39,7 @@ NUM_CLASSES = 21
 MODES = ("baseline", "adversarial", "semi")
 #: Generators as (backbone, head, output stride).
 MOBILENET = ("mobilenet_v2", "deeplabv3plus", 16)  # this project's default generator
+LITE0 = ("efficientnet_lite0", "deeplabv3plus", 16)  # the backbone with offline ImageNet weights
 PAPER_G = ("resnet101", "deeplabv2", 16)  # the paper's generator, at output stride 16 on the CPU
 PAPER_G_OS8 = ("resnet101", "deeplabv2", 8)  # and at its own output stride on a GPU
 POLICIES = ("float32", "mixed_float16")
@@ -105,12 +106,12 @@ def measure(generator: tuple, batch_size: int, crop: int, rounds: int, jit_compi
 
 
 def run(quick: bool = False, gpu: bool = False) -> dict:
-    """{setting: figures}. On the CPU: MobileNetV2/DeepLabV3+ (this project's default G) and
-    ResNet-101/DeepLab-v2 (the paper's G) at crop 129, batch 4 (quick: MobileNetV2 only at
-    crop 65, batch 2). With ``gpu``: :func:`gpu_settings`."""
+    """{setting: figures}. On the CPU: MobileNetV2/DeepLabV3+ (this project's default G),
+    EfficientNet-Lite0/DeepLabV3+ and ResNet-101/DeepLab-v2 (the paper's G) at crop 129, batch 4
+    (quick: MobileNetV2 only at crop 65, batch 2). With ``gpu``: :func:`gpu_settings`."""
     if gpu:
         return dict(gpu_settings(quick))
-    generators = [MOBILENET] if quick else [MOBILENET, PAPER_G]
+    generators = [MOBILENET] if quick else [MOBILENET, LITE0, PAPER_G]
     crop, batch_size, rounds = (65, 2, 3) if quick else (129, 4, 5)
     return {
         f"{g[0]} + {g[1]}, crop {crop}, batch {batch_size}, float32": measure(g, batch_size, crop, rounds)
