@@ -201,13 +201,11 @@ def _materialise(state, data: dict[str, np.ndarray], path: str):
         if not isinstance(tensor, _Tensor):
             return state  # not a tensor state dict; read_pth says so
         storage = data[tensor.storage.key]
-        itemsize = storage.dtype.itemsize
-        last = tensor.offset + sum((n - 1) * s for n, s in zip(tensor.shape, tensor.strides)) if all(tensor.shape) else -1
-        if tensor.offset < 0 or last >= storage.size or min(tensor.strides, default=0) < 0:
+        last_element = tensor.offset + sum((n - 1) * s for n, s in zip(tensor.shape, tensor.strides))
+        if tensor.offset < 0 or min(tensor.strides, default=0) < 0 or (all(tensor.shape) and last_element >= storage.size):
             raise ValueError(f"{path}: tensor {name} lies outside its storage")
-        view = np.lib.stride_tricks.as_strided(
-            storage[tensor.offset :], tensor.shape, [s * itemsize for s in tensor.strides], writeable=False
-        )
+        strides_in_bytes = [stride * storage.dtype.itemsize for stride in tensor.strides]
+        view = np.lib.stride_tricks.as_strided(storage[tensor.offset :], tensor.shape, strides_in_bytes, writeable=False)
         arrays[str(name)] = np.array(view)
     return arrays
 
