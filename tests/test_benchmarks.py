@@ -1,6 +1,7 @@
 """The benchmark scripts' own logic, without training: the quality table's run list and
 configurations, its result files, table and plot (on fake results), the downscaled CamVid copy,
 and which benchmarks run_all runs with which flags."""
+import hashlib
 import json
 import statistics
 import subprocess
@@ -31,6 +32,8 @@ def fake_record(setting: str, seed: int, steps: int, mean_iou: float) -> dict:
         "per_class_iou": per_class,
         "wall_time_s": 120.0,
         "machine": "test machine",
+        "labeled_images": 46,
+        "unlabeled_images": 321,
     }
 
 
@@ -42,12 +45,36 @@ def write_fake_results(results_dir: Path, scores: dict[tuple[str, int], float], 
 # --- the run list -----------------------------------------------------------------------------
 
 
-def test_the_table_has_the_issues_sixteen_runs():
-    rows = {(s.method, s.labels) for s in qc.SETTINGS.values()}
+def rows_of(settings) -> set[tuple[str, str]]:
+    return {(qc.SETTINGS[name].method, qc.SETTINGS[name].labels) for name in settings}
+
+
+def test_the_random_weights_table_has_its_sixteen_runs():
     expected = {(m, f) for m in ("baseline", "adversarial", "semi") for f in ("1/8", "1/4")}
     expected |= {("baseline", "all"), ("adversarial", "all")}
-    assert rows == expected and len(qc.SETTINGS) == 8
-    assert len(qc.SETTINGS) * len(qc.SEEDS) == 16
+    for profile in (qc.CPU, qc.PROFILES["gpu"]):
+        assert rows_of(profile.settings) == expected and len(profile.settings) * len(profile.seeds) == 16
+
+
+def test_the_imagenet_table_has_three_methods_at_three_fractions_and_all_labels_three_seeds():
+    imagenet = qc.PROFILES["imagenet"]
+    expected = {(m, f) for m in ("baseline", "adversarial", "semi") for f in ("1/32", "1/16", "1/8")}
+    expected |= {("baseline", "all"), ("adversarial", "all")}
+    assert rows_of(imagenet.settings) == expected and len(imagenet.seeds) == 3
+    assert len(imagenet.settings) * len(imagenet.seeds) == 33
+    assert imagenet.results_dir != qc.CPU.results_dir and imagenet.results_dir in {d for d, _ in qc.KEPT_TABLES}
+
+
+def test_imagenet_profile_is_the_papers_recipe_from_imagenet_weights(tmp_path):
+    imagenet = qc.PROFILES["imagenet"]
+    config = qc.experiment_config("semi-1of16", 2, 800, tmp_path, tmp_path / "results", tmp_path / "run", imagenet)
+    assert imagenet.settings[0] == "baseline-all"  # trained first: every fraction's headroom needs it
+    assert (config.backbone, config.weights, config.freeze_batchnorm) == ("efficientnet_lite0", "imagenet", True)
+    assert (config.learning_rate_g, config.learning_rate_d, config.head_lr_multiplier) == (2.5e-4, 1e-4, 10.0)
+    assert (config.lambda_adv, config.lambda_semi_adv, config.lambda_semi, config.t_semi) == (0.01, 0.001, 0.1, 0.2)
+    assert config.discriminator == "paper" and config.semi_start == 200  # a quarter of the run
+    assert config.labeled_fraction == 1 / 16 and config.seed == 2
+    assert "from imagenet weights" in imagenet.setup and "from scratch" in qc.CPU.setup
 
 
 @pytest.mark.parametrize("setting", list(qc.SETTINGS))
@@ -110,7 +137,9 @@ def test_gpu_profile_trains_full_size_camvid_at_the_papers_setting_in_its_own_fo
         (steps, results, data.name, runs_dir.name, profile.name)))  # fmt: skip
     monkeypatch.setattr(qc, "downscaled_camvid", lambda source, target, size: target if size == (480, 360) else None)
     qc.main(["--profile", "gpu", "--only", "semi-1of8", "--seeds", "0", "--work-dir", str(tmp_path)])
-    assert runs == [(5000, gpu.results_dir, "camvid-480x360", "runs-gpu", "gpu")]
+    assert [(s, r, d.startswith("camvid-480x360-"), n, p) for s, r, d, n, p in runs] == [
+        (5000, gpu.results_dir, True, "runs-gpu", "gpu")
+    ]
     assert qc.command(["semi-1of8"], [0], 5000, gpu).startswith("python benchmarks/quality_camvid.py --profile gpu --only")
 
 
@@ -182,9 +211,67 @@ def test_table_gives_mean_std_and_range_per_setting_with_its_command(tmp_path):
     assert list(results) == ["baseline-1of8", "semi-1of8"]
     text = qc.table(results, 600)
     std = 100 * statistics.stdev([0.40, 0.44])  # 2.83
-    assert f"| baseline | 1/8 | 2 | 42.0 | {std:.1f} | 40.0 - 44.0 | 2.0 | `{qc.command(['baseline-1of8'], [0, 1], 600)}` |" in text
-    assert "| + adversarial + semi | 1/8 | 1 | 50.0 | 0.0 | 50.0 - 50.0 |" in text
+    assert f"| baseline | 1/8 | 2 | 42.0 | {std:.1f} | 40.0 (0), 44.0 (1) | 2.0 | `{qc.command(['baseline-1of8'], [0, 1], 600)}` |" in text
+    assert "| + adversarial + semi | 1/8 | 1 | 50.0 | 0.0 | 50.0 (0) |" in text
     assert "| baseline | 1/8 | 42.0 |" in text and text.rstrip().count("| - |") == 2  # bicyclist never present
+
+
+def imagenet_results(results_dir: Path, steps: int = 600) -> None:
+    """Fabricated ImageNet-table results, three seeds: all-labels baseline 0.58; at 1/8 baseline
+    0.50, 0.52, 0.54, + adversarial 0.51, 0.53, 0.56 (every seed +, but within the spread) and
+    + semi 0.54, 0.56, 0.58 (every seed +4: beyond it); semi runs log pseudo-label accuracies."""
+    scores = {("baseline-all", 0): 0.57, ("baseline-all", 1): 0.58, ("baseline-all", 2): 0.59}
+    for seed, (base, adv, semi) in enumerate([(0.50, 0.51, 0.54), (0.52, 0.53, 0.56), (0.54, 0.56, 0.58)]):
+        scores |= {("baseline-1of8", seed): base, ("adversarial-1of8", seed): adv, ("semi-1of8", seed): semi}
+    for (setting, seed), score in scores.items():
+        record = {**fake_record(setting, seed, steps, score), "profile": "imagenet"}
+        if setting.startswith("semi"):
+            history = {"semi_ratio": [0.3, 0.4], "pseudo_acc_all": [0.6, 0.7], "pseudo_acc_kept": [0.7, 0.8 + 0.01 * seed]}
+            record |= {"history": history, "final_logs": {name: values[-1] for name, values in history.items()},
+                       "config": {"checkpoint_every": 50, "semi_start": 150}}  # fmt: skip
+        qc.write_json_atomically(qc.result_path(results_dir, setting, seed, steps), record)
+
+
+def test_headroom_table_gives_the_share_closed_and_which_gains_exceed_the_seed_spread(tmp_path):
+    imagenet_results(tmp_path)
+    text = qc.headroom_table(qc.load_results(tmp_path, 600))
+    # headroom 58 - 52 = 6 points; + adversarial gains 1.33 (22%), + semi 4 (67%), semi over adversarial 2.67
+    assert "| 1/8 | + adversarial vs baseline | +1.3 | +1.0, +1.0, +2.0 | 6.0 | 22% | no |" in text
+    assert "| 1/8 | + adversarial + semi vs baseline | +4.0 | +4.0, +4.0, +4.0 | 6.0 | 67% | yes |" in text
+    assert "| 1/8 | + adversarial + semi vs + adversarial | +2.7 | +3.0, +3.0, +2.0 | 6.0 | - | yes |" in text
+    assert "1/4" not in text.split("|---|")[-1]  # no row for a fraction without runs
+    assert qc.headroom_table({k: v for k, v in qc.load_results(tmp_path, 600).items() if k != "baseline-all"}) == ""
+    # A gain larger than both spreads (6.6 > 5.8 and 0) is still within the noise when one seed loses.
+    steady, one_loses = [fake_record("baseline-1of8", seed, 600, 0.5) for seed in range(3)], [
+        fake_record("semi-1of8", seed, 600, score) for seed, score in enumerate((0.499, 0.6, 0.6))
+    ]
+    assert qc.compare(one_loses, steady)["gain"] > qc.summary(one_loses)["std"]
+    assert not qc.compare(one_loses, steady)["beyond_spread"]
+
+
+def test_imagenet_report_has_every_seed_the_headroom_the_pseudo_labels_and_both_plots(tmp_path):
+    results_dir = tmp_path / "camvid_imagenet"
+    imagenet_results(results_dir)
+    text = qc.report(results_dir, 600)
+    assert "from imagenet weights" in text and "| baseline | 1/8 | 3 | 52.0 | 2.0 | 50.0 (0), 52.0 (1), 54.0 (2) |" in text
+    assert "Headroom closed" in text and "| 1/8 | + adversarial + semi vs baseline | +4.0 |" in text
+    assert "| 1/8 | 3 | 40.0 | 70.0 | 81.0 | +11.0 |" in text  # kept share, all, kept, kept - all
+    assert "camvid_imagenet_miou.png, " in text and text.endswith("camvid_imagenet_pseudo_labels.png")
+    for name in ("camvid_imagenet_miou.png", "camvid_imagenet_pseudo_labels.png"):
+        with Image.open(tmp_path / name) as image:
+            assert image.format == "PNG" and image.width > 300
+
+
+def test_plot_puts_every_fraction_of_the_results_on_the_x_axis(tmp_path, monkeypatch):
+    imagenet_results(tmp_path)
+    write_fake_results(tmp_path, {("baseline-1of32", 0): 0.4, ("semi-1of16", 0): 0.45}, steps=600)
+    results = qc.load_results(tmp_path, 600)
+    saved = {}
+    monkeypatch.setattr(qc, "_save", lambda fig, path: saved.setdefault("axis", fig.axes[0]))
+    qc.plot(results, 600, tmp_path / "plot.png")
+    labels = [tick.get_text() for tick in saved["axis"].get_xticklabels()]
+    assert labels == ["1/32", "1/16", "1/8", "all"]
+    assert "367 images" in saved["axis"].get_xlabel()
 
 
 def test_table_without_results_says_how_to_make_them(tmp_path):
@@ -220,10 +307,10 @@ def test_kept_reports_print_every_kept_table_that_has_results(tmp_path, monkeypa
 # --- the downscaled CamVid -------------------------------------------------------------------------
 
 
-def fake_camvid(source: Path) -> Path:
-    """A CamVid-shaped folder: train a, b and val c, 48x36, labels 0, 3 and 11."""
+def fake_camvid(source: Path, val: tuple[str, ...] = ("c",)) -> Path:
+    """A CamVid-shaped folder: train a, b and val c (or ``val``), 48x36, labels 0, 3 and 11."""
     rng = np.random.default_rng(0)
-    for split, names in (("train", ["a", "b"]), ("val", ["c"])):
+    for split, names in (("train", ["a", "b"]), ("val", list(val))):
         (source / "images" / split).mkdir(parents=True)
         (source / "labels" / split).mkdir(parents=True)
         (source / f"{split}.txt").write_text("\n".join(names) + "\n")
@@ -261,6 +348,36 @@ def test_downscaled_camvid_uses_the_copy_a_parallel_run_finished_first(tmp_path,
     assert qc.downscaled_camvid(source, target, size=(24, 18)) == target
     assert (target / "train.txt").read_text() == "theirs\n"
     assert [p.name for p in (tmp_path / "work").iterdir()] == ["small"]  # our partial copy is gone
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, str]]:
+    """Every file and folder under ``root``: its modification time and (files) content hash."""
+    return {
+        path.relative_to(root).as_posix(): (
+            path.stat().st_mtime_ns,
+            hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "folder",
+        )
+        for path in sorted(root.rglob("*"))
+    }
+
+
+def test_another_camvid_root_with_another_val_size_gets_its_own_copy_and_stays_untouched(tmp_path, monkeypatch):
+    first, other = fake_camvid(tmp_path / "camvid"), fake_camvid(tmp_path / "other", val=("c", "d", "e"))
+    before = tree_state(other)
+    data_dirs = []
+    monkeypatch.setattr(qc, "run_one", lambda setting, seed, steps, results, data, *rest: data_dirs.append(data))
+    monkeypatch.setattr(qc, "report", lambda *args: "")
+    for root in (first, other, first):
+        qc.main(["--only", "semi-1of8", "--seeds", "0", "--steps", "10", "--camvid", str(root),
+                 "--work-dir", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results")])  # fmt: skip
+    assert data_dirs[0] == data_dirs[2] != data_dirs[1]  # each root its own copy, made once
+    config = qc.experiment_config("semi-1of8", 0, 10, data_dirs[1], tmp_path / "results", tmp_path / "work" / "run")
+    train_set, val_set = qc.load_datasets(config)
+    assert (len(train_set), len(val_set)) == (2, 3) and list(val_set.ids) == ["c", "d", "e"]
+    with Image.open(val_set.image_paths[2]) as image:
+        assert image.size == qc.CPU.image_size
+    assert not any(path.is_relative_to(other) for path in (data_dirs[1], config.split_path, config.run_dir))
+    assert tree_state(other) == before  # nothing written into the root
 
 
 # --- run_all ----------------------------------------------------------------------------------------
