@@ -27,15 +27,14 @@ import time
 from collections.abc import Iterator
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from advseg_utils.models import build_discriminator, build_generator
 from advseg_utils.schedules import paper_optimizers
 from advseg_utils.training import AdvSemiSeg, configure_precision
 from machine_info import machine
+from synthetic_batches import NUM_CLASSES, synthetic_arrays
 
-NUM_CLASSES = 21
 MODES = ("baseline", "adversarial", "semi")
 #: Generators as (backbone, head, output stride).
 MOBILENET = ("mobilenet_v2", "deeplabv3plus", 16)  # this project's default generator
@@ -46,41 +45,29 @@ POLICIES = ("float32", "mixed_float16")
 
 
 def synthetic_batch(mode: str, batch_size: int, crop: int, seed: int = 0) -> dict:
-    """Random images and labels (5% ignored) with the keys the mode's stream yields."""
-    rng = np.random.default_rng(seed)
+    """:func:`synthetic_arrays` (random images, labels 5% ignored) as tensors."""
+    return {key: tf.constant(value) for key, value in synthetic_arrays(mode, batch_size, crop, seed).items()}
 
-    def images():
-        return tf.constant(rng.uniform(0, 255, (batch_size, crop, crop, 3)), tf.float32)
 
-    def labels():
-        y = rng.integers(0, NUM_CLASSES, (batch_size, crop, crop))
-        y[rng.random(y.shape) < 0.05] = 255
-        return tf.constant(y, tf.int32)
-
-    batch = {"image": images(), "label": labels()}
-    if mode != "baseline":
-        batch["d_label"] = labels()
-    if mode == "semi":
-        batch["unlabeled_image"] = images()
-    return batch
+def compiled_step(generator: tuple, mode: str, batch_size: int, crop: int, jit_compile: bool) -> tuple:
+    """(the AdvSemiSeg model of ``mode``, its compiled training step as fit runs it, the iterator
+    of its synthetic batch) for a ``(backbone, head, output_stride)`` generator."""
+    keras.utils.set_random_seed(0)
+    backbone, head, output_stride = generator
+    g = build_generator(NUM_CLASSES, backbone=backbone, head=head, weights=None, output_stride=output_stride)
+    d = None if mode == "baseline" else build_discriminator(NUM_CLASSES)
+    model = AdvSemiSeg(g, d, num_classes=NUM_CLASSES, semi_start=0)
+    g_optimizer, d_optimizer = paper_optimizers(total_steps=20000)
+    model.compile(g_optimizer, d_optimizer if d is not None else None, jit_compile=jit_compile)
+    iterator = iter(tf.data.Dataset.from_tensors(synthetic_batch(mode, batch_size, crop)).repeat())
+    model.make_train_function()
+    return model, model.train_function, iterator
 
 
 def compiled_steps(generator: tuple, batch_size: int, crop: int, jit_compile: bool) -> dict:
     """{mode: (one compiled training step, as fit runs it; its batch iterator)} for a
     ``(backbone, head, output_stride)`` generator."""
-    steps = {}
-    backbone, head, output_stride = generator
-    for mode in MODES:
-        keras.utils.set_random_seed(0)
-        g = build_generator(NUM_CLASSES, backbone=backbone, head=head, weights=None, output_stride=output_stride)
-        d = None if mode == "baseline" else build_discriminator(NUM_CLASSES)
-        model = AdvSemiSeg(g, d, num_classes=NUM_CLASSES, semi_start=0)
-        g_optimizer, d_optimizer = paper_optimizers(total_steps=20000)
-        model.compile(g_optimizer, d_optimizer if d is not None else None, jit_compile=jit_compile)
-        iterator = iter(tf.data.Dataset.from_tensors(synthetic_batch(mode, batch_size, crop)).repeat())
-        model.make_train_function()
-        steps[mode] = (model.train_function, iterator)
-    return steps
+    return {mode: compiled_step(generator, mode, batch_size, crop, jit_compile)[1:] for mode in MODES}
 
 
 def measure(generator: tuple, batch_size: int, crop: int, rounds: int, jit_compile=False) -> dict:
