@@ -45,7 +45,8 @@ class IterationLosses(NamedTuple):
 
     ``d_inputs`` are the detached probability maps D was applied to and ``g_outputs`` the
     same maps still attached to G: G's adversarial gradient flows from the first to the
-    second. ``logs`` holds global (all-replica) values for reporting.
+    second. ``logs`` holds global (all-replica) values for reporting. ``g_adversarial`` is the
+    part of ``g_loss`` that depends on D's inputs (its weighted adversarial terms; None without D).
     """
 
     g_loss: tf.Tensor
@@ -53,6 +54,7 @@ class IterationLosses(NamedTuple):
     d_inputs: list[tf.Tensor]
     g_outputs: list[tf.Tensor]
     logs: dict[str, tf.Tensor]
+    g_adversarial: tf.Tensor | None = None
 
 
 class AdvSemiSeg(keras.Model):
@@ -238,7 +240,10 @@ class AdvSemiSeg(keras.Model):
             d_acc_fake=losses.discriminator_accuracy(all_fake, real=False, mask=all_fake_masks),
         )
         g_loss = objective + self._weight_decay_loss()
-        return IterationLosses(g_loss, d_loss, d_inputs, g_outputs, _global(logs))
+        g_adversarial = self.lambda_adv * logs["loss_adv"]
+        if "loss_semi_adv" in logs:
+            g_adversarial += self.lambda_semi_adv * logs["loss_semi_adv"]
+        return IterationLosses(g_loss, d_loss, d_inputs, g_outputs, _global(logs), g_adversarial)
 
     def train_step(self, data):
         batch, _, _ = keras.utils.unpack_x_y_sample_weight(data)  # train_on_batch wraps it in a tuple
@@ -292,13 +297,18 @@ class AdvSemiSeg(keras.Model):
             out = self.iteration_losses(batch, semi_on, tape)
             g_loss = self.g_optimizer.scale_loss(out.g_loss)
             d_loss = None if out.d_loss is None else self.d_optimizer.scale_loss(out.d_loss)
+            g_adversarial = None if out.d_loss is None else self.g_optimizer.scale_loss(out.g_adversarial)
         zero = tf.UnconnectedGradients.ZERO
         if d_loss is None:
             g_grads, d_grads = tape.gradient(g_loss, g_vars, unconnected_gradients=zero), []
         else:
             # G's adversarial gradient: dLoss/d(D's input map), taken through D (D's weights get
-            # nothing), then through the softmax into G together with G's direct terms.
-            map_grads = tape.gradient(g_loss, out.d_inputs, unconnected_gradients=zero)
+            # nothing), then through the softmax into G together with G's direct terms. Taken
+            # from the adversarial terms alone, the only ones that depend on D's inputs: from the
+            # whole loss, the tape would also build a second backward pass through G that nothing
+            # uses (a tape differentiates every op it recorded on the way back from its target),
+            # doubling the traced graph's convolution gradients and the time to trace and compile.
+            map_grads = tape.gradient(g_adversarial, out.d_inputs, unconnected_gradients=zero)
             g_grads = tape.gradient(
                 [g_loss, *out.g_outputs],
                 g_vars,
