@@ -193,7 +193,8 @@ def test_examples_are_spread_over_the_dataset_with_their_masks():
     [
         ("baseline", {"image", "label"}),
         ("adversarial", {"image", "label", "d_label"}),
-        ("semi", {"image", "label", "d_label", "unlabeled_image"}),
+        # the sample data's unlabeled images have masks: their labels come along, for diagnostics only
+        ("semi", {"image", "label", "d_label", "unlabeled_image", "unlabeled_label"}),
     ],
 )
 def test_training_stream_gives_each_method_its_batches(method, keys):
