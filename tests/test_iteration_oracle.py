@@ -27,7 +27,7 @@ C, SIZE, BATCH, IGNORE = 3, 8, 4, 255
 # Large weights, so that every term moves the gradients (see the shares test), and unequal ones,
 # so that a weight used in the wrong place shows.
 SETTINGS = dict(lambda_adv=5.0, lambda_semi_adv=3.0, lambda_semi=0.3, weight_decay=0.05, head_lr_multiplier=10.0)
-MODES = ("baseline", "adversarial", "semi_before_start", "semi_after_start")
+MODES = ("semi_after_start", "semi_before_start", "adversarial", "baseline")  # fullest first: tests/mutations stops sooner
 # Logs of the paper's iteration; AdvSemiSeg may log more (diagnostics), which are not compared.
 LOSS_LOGS = ("loss", "loss_seg", "loss_adv", "loss_semi_adv", "loss_semi", "loss_d", "d_acc_real", "d_acc_fake", "semi_ratio")
 
