@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from advseg_utils.cluster import is_chief, remove_scratch, worker_count, write_dir
 from advseg_utils.training import AdvSemiSeg
 
 
@@ -185,14 +186,28 @@ def train(
     ``log_dir`` adds TensorBoard logs. A NaN or infinite loss raises ``FloatingPointError``
     and leaves the last good checkpoint as the newest. Returns this call's History (the
     epochs run now, not those before a resume).
+
+    Across workers (:mod:`advseg_utils.cluster`) every worker restores from ``checkpoint_dir``
+    and saves (saving is collective), but only the chief saves there and writes TensorBoard
+    logs; the others save to a scratch folder, removed when this call ends.
     """
     if log_dir is not None and importlib.util.find_spec("tensorboard") is None:
         raise ImportError(f"log_dir={log_dir!r} needs the tensorboard package (pip install tensorboard)")
-    _check_writable(checkpoint_dir)
-    manager = tf.train.CheckpointManager(training_checkpoint(model), checkpoint_dir, max_to_keep=keep)
+    strategy = model.distribute_strategy
+    if validation_data is not None and worker_count(strategy) > 1:
+        raise ValueError(
+            f"validation during training runs on one machine only, not across {worker_count(strategy)} workers: "
+            "pass validation_data=None (validate_every=None) and evaluate the generator after training"
+        )
+    remove_scratch(checkpoint_dir, strategy)  # left by a worker that was killed
+    _check_writable(write_dir(checkpoint_dir, strategy))
+    manager = tf.train.CheckpointManager(
+        training_checkpoint(model), write_dir(checkpoint_dir, strategy), max_to_keep=keep
+    )
     step = restore_latest(model, checkpoint_dir)
     if step >= total_steps:
         print(f"{checkpoint_dir} holds iteration {step} >= total_steps={total_steps}: nothing to train")
+        remove_scratch(checkpoint_dir, strategy)
         return keras.callbacks.History()
     if step:
         print(f"resuming from {manager.latest_checkpoint} at iteration {step}")
@@ -202,7 +217,7 @@ def train(
         every = validate_every or checkpoint_every
         all_callbacks.append(BestGeneratorCheckpoint(validation_data, path, every))
     all_callbacks += [*callbacks, _SaveCheckpoint(manager)]
-    if log_dir is not None:
+    if log_dir is not None and is_chief(strategy):
         all_callbacks.append(keras.callbacks.TensorBoard(log_dir))
     first_epoch = step // checkpoint_every
     try:
@@ -217,6 +232,8 @@ def train(
         )
     except FloatingPointError as error:
         raise FloatingPointError(f"{error}; {_resume_point(checkpoint_dir)}") from error
+    finally:
+        remove_scratch(checkpoint_dir, strategy)
 
 
 def _resume_point(checkpoint_dir: str) -> str:
@@ -251,17 +268,28 @@ def _write_atomically(path: str, text: str) -> None:
 class HistoryLog(keras.callbacks.Callback):
     """Keeps every epoch's logs in a JSON file keyed by iteration, so that the loss curves of a
     run interrupted and resumed (whose Keras History holds only the epochs since the restart)
-    are complete; an epoch trained again after a restart replaces its first record."""
+    are complete; an epoch trained again after a restart replaces its first record.
+
+    Across workers only the chief writes the file; every worker keeps the same records (the
+    logs are global) in memory, read from the file when training begins.
+    """
 
     def __init__(self, path: str | os.PathLike):
         super().__init__()
         self.path = str(path)
+        self._records: dict[int, dict[str, float]] | None = None  # None: read the file
 
     def records(self) -> dict[int, dict[str, float]]:
+        if self._records is not None:
+            return dict(self._records)
         if not tf.io.gfile.exists(self.path):
             return {}
         with tf.io.gfile.GFile(self.path) as f:
             return {int(iteration): logs for iteration, logs in json.load(f).items()}
+
+    def on_train_begin(self, logs=None):
+        self._records = None
+        self._records = self.records()
 
     def history(self) -> dict[str, list[float]]:
         """``{name: [value per recorded epoch, by iteration]}``; NaN where an epoch lacks a value."""
@@ -272,6 +300,9 @@ class HistoryLog(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         records = self.records()
         records[int(self.model.iteration.numpy())] = {name: float(value) for name, value in (logs or {}).items()}
+        self._records = records
+        if not is_chief(self.model.distribute_strategy):
+            return
         partial = self.path + ".partial"
         tf.io.gfile.makedirs(os.path.dirname(self.path) or ".")
         with tf.io.gfile.GFile(partial, "w") as f:

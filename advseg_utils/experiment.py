@@ -36,6 +36,7 @@ import tensorflow as tf
 from PIL import Image
 
 from advseg_utils.checkpoints import HistoryLog, train
+from advseg_utils.cluster import is_chief, worker_count, worker_index
 from advseg_utils.datasets import (
     SegDataset,
     camvid_dataset,
@@ -44,7 +45,7 @@ from advseg_utils.datasets import (
     sample_dataset,
     voc_dataset,
 )
-from advseg_utils.file_utils import get_or_create_split, load_img, load_mask
+from advseg_utils.file_utils import get_or_create_split, load_img, load_mask, make_split
 from advseg_utils.inference import Segmenter, evaluate
 from advseg_utils.models import build_discriminator, build_generator
 from advseg_utils.monitoring import DiscriminatorMonitor
@@ -273,7 +274,14 @@ def _process_exists(pid: int) -> bool:
 
 
 def accelerator_report(strategy: tf.distribute.Strategy) -> str:
-    """One line naming the devices training will use."""
+    """One line naming the devices training will use (and, across machines, which worker this is)."""
+    if worker_count(strategy) > 1:
+        local = strategy.num_replicas_in_sync // worker_count(strategy)
+        devices = f"{local} GPU(s)" if tf.config.list_physical_devices("GPU") else "the CPU"
+        return (
+            f"worker {worker_index(strategy)} of {worker_count(strategy)} ({'the chief' if is_chief(strategy) else 'not the chief'}), "
+            f"training on {devices}: {strategy.num_replicas_in_sync} replica(s) in all (MultiWorkerMirroredStrategy)"
+        )
     if isinstance(strategy, tf.distribute.TPUStrategy):
         return f"TPU with {strategy.num_replicas_in_sync} cores (TPUStrategy)"
     gpus = tf.config.list_physical_devices("GPU")
@@ -312,11 +320,14 @@ def load_datasets(config: ExperimentConfig) -> tuple[SegDataset, SegDataset]:
 
 def split_ids(config: ExperimentConfig, train_set: SegDataset) -> tuple[list[str], list[str]]:
     """(labeled ids, unlabeled ids): every id and none with all labels, else the split saved at
-    :attr:`ExperimentConfig.split_path` (written on first use, reused and checked afterwards)."""
+    :attr:`ExperimentConfig.split_path` (written on first use, reused and checked afterwards).
+    Across workers only the chief writes it; the others draw the same split without writing."""
     if config.labeled_fraction == 1:
         return list(train_set.ids), []
     path = config.split_path
     existed = path.exists()
+    if not existed and not is_chief():
+        return make_split(list(train_set.ids), config.labeled_fraction, config.seed)
     labeled, unlabeled = get_or_create_split(path, train_set.ids, config.labeled_fraction, config.seed)
     print(f"{'reused' if existed else 'wrote'} the split {path}: {len(labeled)} labeled, {len(unlabeled)} unlabeled images")
     return labeled, unlabeled
@@ -421,6 +432,7 @@ def train_model(
     unlabeled_ids: Sequence[str] = (),
     val_set: SegDataset | None = None,
     verbose: str | int = "auto",
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> dict[str, list[float]]:
     """Trains to ``config.steps`` iterations, continuing from the newest checkpoint in the run
     folder, and returns the whole run's history (one value per ``checkpoint_every`` iterations,
@@ -428,7 +440,7 @@ def train_model(
 
     Writes TensorBoard logs to :attr:`ExperimentConfig.log_dir` unless ``config.tensorboard`` is
     off. With ``val_set`` and ``config.validate_every``, validates during training and
-    keeps the best generator in the run folder.
+    keeps the best generator in the run folder. ``callbacks`` join the training's own.
     """
     # tensorboard is a dependency; checkpoints.train names it should it be missing anyway
     log_dir = str(config.log_dir) if config.tensorboard else None
@@ -446,7 +458,7 @@ def train_model(
         keep=config.keep_checkpoints,
         validation_data=validation,
         validate_every=config.validate_every,
-        callbacks=[history_log, *monitors],
+        callbacks=[history_log, *monitors, *callbacks],
         log_dir=log_dir,
         verbose=verbose,
     )

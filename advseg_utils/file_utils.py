@@ -113,7 +113,9 @@ def save_split(
     lines += ["[labeled]", *labeled, "[unlabeled]", *unlabeled]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    partial = path.with_name(path.name + ".partial")  # other workers may be reading the split
+    partial.write_text("\n".join(lines) + "\n")
+    partial.replace(path)
 
 
 def load_split(path: PathLike) -> tuple[list[str], list[str]]:

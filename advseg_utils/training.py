@@ -30,6 +30,7 @@ import keras
 import tensorflow as tf
 
 from advseg_utils import losses
+from advseg_utils.cluster import cluster_task, multi_worker_strategy, worker_count
 from advseg_utils.metrics import MeanIoU
 from advseg_utils.models import backbone_variables
 
@@ -261,7 +262,7 @@ class AdvSemiSeg(keras.Model):
         self.iteration.assign_add(1)
         for name, value in logs.items():
             self._trackers[name].update_state(value)
-        return {name: self._trackers[name].result() for name in LOG_NAMES if name in logs}
+        return _reducible({name: self._trackers[name].result() for name in LOG_NAMES if name in logs})
 
     def test_step(self, data):
         batch, _, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -269,7 +270,11 @@ class AdvSemiSeg(keras.Model):
         self.mean_iou.update_state(batch["label"], logits)
         loss_seg = losses.cross_entropy_loss(batch["label"], logits, self.ignore_label)
         self._trackers["loss_seg"].update_state(losses.replica_sum(loss_seg))
-        return {"loss_seg": self._trackers["loss_seg"].result(), "mean_iou": self.mean_iou.result()}
+        return _reducible({"loss_seg": self._trackers["loss_seg"].result(), "mean_iou": self.mean_iou.result()})
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Nothing to build: the networks are built and compile() builds both optimisers. (Keras
+        3.15 would all-reduce a peeked batch here, which fails across workers for dict batches.)"""
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -331,6 +336,14 @@ class AdvSemiSeg(keras.Model):
         return [{key: split[i] for key, split in parts.items()} for i in range(k)]
 
 
+def _reducible(logs: dict) -> dict:
+    """``logs`` in a shape Keras can reduce across workers: Keras 3.15 reduces a multi-worker
+    step's outputs along axis 0 (tensorflow/tensorflow#72388), so scalars become [1] there."""
+    if worker_count() == 1:
+        return logs
+    return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+
+
 def _global(logs: dict) -> dict:
     """Replica shares -> global values (identical on every replica, as metrics expect)."""
     return {name: losses.replica_sum(value) for name, value in logs.items()}
@@ -357,8 +370,12 @@ def _lr_multipliers(generator: keras.Model, head_multiplier: float) -> tuple[flo
 
 
 def get_strategy() -> tf.distribute.Strategy:
-    """A TPUStrategy on a (Colab/Kaggle) TPU, a MirroredStrategy on several GPUs, else the
-    default strategy (one device)."""
+    """A MultiWorkerMirroredStrategy when ``TF_CONFIG`` describes a cluster of several workers
+    (:mod:`advseg_utils.cluster`), a TPUStrategy on a (Colab/Kaggle) TPU, a MirroredStrategy on
+    several GPUs, else the default strategy (one device)."""
+    task = cluster_task()
+    if task is not None:
+        return multi_worker_strategy(task)
     resolver = _tpu_resolver()
     if resolver is not None:
         tf.config.experimental_connect_to_cluster(resolver)

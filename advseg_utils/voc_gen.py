@@ -252,9 +252,12 @@ class VOCGen:
 
 def _pipeline_options() -> tf.data.Options:
     """Parallelism across elements (parallel map), not inside each op: multi-threaded ops in an
-    input pipeline only compete with each other and with the model for the cores."""
+    input pipeline only compete with each other and with the model for the cores. Across
+    workers, each takes its share of every global batch (batch k stays a function of (seed, k)):
+    sharding by element, as the files are read inside ``map``, not by a file-reading dataset."""
     options = tf.data.Options()
     options.threading.max_intra_op_parallelism = 1
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return options
 
 
