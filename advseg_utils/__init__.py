@@ -1,8 +1,13 @@
 """advseg_utils: the helper package behind the advseg notebooks.
 
 Everything a notebook needs is importable from here directly. Importing the package also
-registers the custom Keras layers, so ``keras.saving.load_model`` can read a saved generator.
+registers the custom Keras layers, so ``keras.saving.load_model`` can read a saved generator,
+and imports TensorFlow without its C++ start-up messages (see :mod:`advseg_utils.quiet_import`).
 """
+from advseg_utils.quiet_import import import_tensorflow_quietly
+
+import_tensorflow_quietly()
+
 from advseg_utils.checkpoints import (
     BestGeneratorCheckpoint,
     HistoryLog,
@@ -41,12 +46,14 @@ from advseg_utils.experiment import (
     accelerator_report,
     build_model,
     configure,
+    demo_mode,
     examples,
     image_to_segment,
     in_colab,
     load_datasets,
     network_summary,
     project_dir,
+    recalibrate_on_training_crops,
     run_experiment,
     smoke_mode,
     split_ids,
@@ -76,6 +83,7 @@ from advseg_utils.metrics import (
     pixel_accuracy,
 )
 from advseg_utils.models import (
+    WeightsUnavailableError,
     backbone_variables,
     build_discriminator,
     build_generator,

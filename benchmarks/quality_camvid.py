@@ -81,7 +81,7 @@ from advseg_utils import (
     build_model,
     evaluate,
     load_datasets,
-    recalibrate_batchnorm,
+    recalibrate_on_training_crops,
     run_experiment,
     split_ids,
     training_stream,
@@ -391,9 +391,7 @@ def recalibrated_evaluation(config: ExperimentConfig, crops: int = 64) -> dict:
     train_set, val_set = load_datasets(config)
     model = build_model(config, train_set)
     restore_latest(model, str(config.run_dir))
-    batches = iter(training_stream(config, train_set, *split_ids(config, train_set))(0))
-    images = tf.concat([next(batches)["image"] for _ in range(-(-crops // config.batch_size))], axis=0)
-    recalibrate_batchnorm(model.generator, images)
+    recalibrate_on_training_crops(model.generator, training_stream(config, train_set, *split_ids(config, train_set)), crops)
     return evaluate(Segmenter(model.generator), val_set, progress=False).as_dict()
 
 

@@ -9,6 +9,7 @@ import tensorflow as tf
 from advseg_utils.models import (
     ImageNetPreprocessing,
     ResizeLike,
+    WeightsUnavailableError,
     backbone_variables,
     build_backbone,
     build_discriminator,
@@ -239,6 +240,25 @@ def test_imagenet_weights_are_requested_from_keras_applications(monkeypatch):
     assert len(calls) == 1
     assert calls[0]["weights"] == "imagenet"
     assert calls[0]["include_top"] is False
+
+
+def test_a_failed_imagenet_download_names_the_backbones_that_work_offline(monkeypatch):
+    def unreachable(**kwargs):  # what keras.utils.get_file raises when the weights host is unreachable
+        raise Exception("URL fetch failure on https://weights.example/mobilenet_v2.h5: None -- [Errno -2] Name or service not known")
+
+    monkeypatch.setattr(keras.applications, "MobileNetV2", unreachable)
+    with pytest.raises(WeightsUnavailableError, match="'mobilenet_v2'.*backbone='efficientnet_lite0'") as raised:
+        build_generator(NUM_CLASSES, backbone="mobilenet_v2", weights="imagenet")
+    assert "weights.example" in str(raised.value)  # the address that failed
+
+
+def test_other_backbone_errors_are_not_taken_for_download_failures(monkeypatch):
+    def broken(**kwargs):
+        raise ValueError("input_shape must be static")
+
+    monkeypatch.setattr(keras.applications, "MobileNetV2", broken)
+    with pytest.raises(ValueError, match="input_shape must be static"):
+        build_generator(NUM_CLASSES, backbone="mobilenet_v2", weights="imagenet")
 
 
 def test_mixed_precision_outputs_are_float32():

@@ -33,11 +33,14 @@ from advseg_utils import (
     image_to_segment,
     network_summary,
     project_dir,
+    recalibrate_on_training_crops,
     run_experiment,
     split_ids,
     training_stream,
 )
 from advseg_utils.file_utils import DatasetError, load_img, load_mask, save_split
+from advseg_utils.models import build_generator
+from advseg_utils.models.efficientnet_lite import VARIANTS as EFFICIENTNET_LITE
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = ("01_baseline", "02_adversarial", "03_semi_supervised")
@@ -83,6 +86,50 @@ def test_smoke_shrinks_the_run_and_keeps_the_method():
     assert smoke.steps % smoke.checkpoint_every == 0 and smoke.steps // smoke.checkpoint_every == 2
     kept = ("method", "labeled_fraction", "lambda_semi", "t_semi", "discriminator", "seed")
     assert [getattr(smoke, knob) for knob in kept] == [getattr(config, knob) for knob in kept]
+
+
+def test_demo_trains_the_offline_imagenet_generator_on_the_sample_and_keeps_the_method():
+    config = ExperimentConfig(method="semi", labeled_fraction=0.25, lambda_semi=0.3, t_semi=0.3, weights=None)
+    demo = config.demo()
+    assert (demo.dataset, demo.weights, demo.precision) == ("sample", "imagenet", "float32")
+    assert demo.backbone in EFFICIENTNET_LITE  # its weights come with a package: nothing to download
+    assert demo.semi_start == demo.steps // 4  # the paper's quarter of the run
+    assert demo.steps // demo.checkpoint_every == 2  # two points on the loss curves
+    kept = ("method", "labeled_fraction", "lambda_semi", "t_semi", "seed")
+    assert [getattr(demo, knob) for knob in kept] == [getattr(config, knob) for knob in kept]
+
+
+def test_configure_switches_to_demo_and_smoke_wins_over_it(monkeypatch):
+    config = ExperimentConfig(name="nb", method="baseline", labeled_fraction=1.0, checkpoint_dir="runs/nb")
+    monkeypatch.delenv("ADVSEG_SMOKE", raising=False)
+    monkeypatch.setenv("ADVSEG_DEMO", "1")
+    demo = configure(config)
+    assert demo.replace(checkpoint_dir=None, split_file=None) == config.demo().replace(checkpoint_dir=None)
+    assert Path(tempfile.gettempdir()).resolve() in demo.run_dir.resolve().parents
+    monkeypatch.setenv("ADVSEG_SMOKE", "1")
+    assert configure(config).replace(checkpoint_dir=None, split_file=None) == config.smoke().replace(checkpoint_dir=None)
+
+
+def test_the_default_generator_never_downloads(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"the default configuration tried to download {args or kwargs}")
+
+    monkeypatch.setattr(keras.utils, "get_file", no_network)
+    monkeypatch.setattr("keras.src.utils.file_utils.get_file", no_network)
+    config = ExperimentConfig()
+    generator = build_generator(21, config.backbone, config.head, config.weights, config.output_stride)
+    assert generator(np.zeros((1, 64, 64, 3), "float32")).shape == (1, 64, 64, 21)
+
+
+def test_recalibration_sets_batchnorm_statistics_to_those_of_the_first_training_crops():
+    images = np.arange(5 * 2 * 2 * 3, dtype="float32").reshape(5, 2, 2, 3)
+    stream = lambda step: tf.data.Dataset.from_tensor_slices({"image": images[step:]}).batch(2)  # noqa: E731
+    generator = keras.Sequential([keras.Input((2, 2, 3)), keras.layers.BatchNormalization()])
+    recalibrate_on_training_crops(generator, stream, crops=3)  # 2 batches of 2, the first 3 crops
+    batchnorm = generator.layers[0]
+    np.testing.assert_allclose(batchnorm.moving_mean.numpy(), images[:3].mean(axis=(0, 1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(batchnorm.moving_variance.numpy(), images[:3].var(axis=(0, 1, 2)), rtol=1e-4)
+    assert batchnorm.momentum == 0.99  # restored
 
 
 @pytest.mark.parametrize("value", ["1", "true", "yes"])
@@ -212,7 +259,7 @@ def test_training_stream_gives_each_method_its_batches(method, keys):
 
 def test_history_log_keeps_the_whole_run_across_restarts(tmp_path):
     path = tmp_path / "run" / "history.json"
-    model = SimpleNamespace(iteration=tf.Variable(0, dtype=tf.int64))
+    model = SimpleNamespace(iteration=tf.Variable(0, dtype=tf.int64), distribute_strategy=tf.distribute.get_strategy())
 
     def epoch_ends(log, iteration, loss, **extra):
         model.iteration.assign(iteration)
@@ -302,10 +349,12 @@ def test_build_model_follows_the_config():
     model = build_model(config, sample_dataset("train"))
     assert model.discriminator.name == "discriminator_small"
     assert isinstance(model.g_optimizer, keras.optimizers.SGD) and isinstance(model.d_optimizer, keras.optimizers.Adam)
-    rows = {line[:30].strip(): line.split() for line in network_summary(model).splitlines()[1:]}
+    rows = {line.rsplit(None, 2)[0].strip(): line.split() for line in network_summary(model).splitlines()[1:]}
     count = lambda label, column: int(rows[label][column].replace(",", ""))  # noqa: E731
-    assert count("backbone", -1) + count("head", -1) == count("G: deeplabv3plus_mobilenet_v2", -1)
-    assert count("G: deeplabv3plus_mobilenet_v2", -2) == model.generator.count_params()
+    generator = f"G: {model.generator.name}"  # deeplabv3plus_<the config's backbone>
+    assert generator == f"G: {config.head}_{config.backbone}"
+    assert count("backbone", -1) + count("head", -1) == count(generator, -1)
+    assert count(generator, -2) == model.generator.count_params()
 
 
 def test_run_experiment_on_the_sample_data_and_again_after_it_finished(tmp_path):

