@@ -369,9 +369,20 @@ def test_the_scan_passes_safe_look_alikes():
     assert unsafe_lines(safe) == []
 
 
+#: The one module allowed to unpickle: the allow-list reader of PyTorch weights files, whose
+#: refusals tests/test_pth.py checks (a crafted .pth that would run code is refused).
+RESTRICTED_UNPICKLER = REPO / "advseg_utils" / "pth.py"
+
+
+def test_the_weights_reader_unpickles_only_through_its_allow_list():
+    text = RESTRICTED_UNPICKLER.read_text()
+    assert "def find_class(self" in text and "(pickle.Unpickler):" in text
+    assert not re.search(r"pickle\.loads?\(|pickle\.Unpickler\(", text)  # no unrestricted unpickler
+
+
 def test_nothing_in_the_package_notebooks_or_scripts_unpickles_or_evaluates():
     sources = [
-        *sorted((REPO / "advseg_utils").rglob("*.py")),
+        *sorted(set((REPO / "advseg_utils").rglob("*.py")) - {RESTRICTED_UNPICKLER}),
         *sorted((REPO / "notebooks").glob("*.ipynb")),
         *sorted((REPO / "benchmarks").glob("*.py")),
         *sorted((REPO / "data").glob("*.py")),
