@@ -32,7 +32,7 @@ def measure(args: argparse.Namespace) -> dict:
     config = ExperimentConfig(
         method=args.method, dataset="sample", labeled_fraction=0.5 if args.method == "semi" else 1,
         split_file=os.path.join(args.scratch, "split.txt"), crop_size=args.crop, batch_size=args.batch,
-        weights=None, freeze_batchnorm=False, steps=10**6, semi_start=0, precision="float32",
+        backbone="efficientnet_lite0", weights=None, freeze_batchnorm=False, steps=10**6, semi_start=0, precision="float32",
     )  # fmt: skip
     config = configure(config, strategy)
     train_set, _ = load_datasets(config)
@@ -105,7 +105,7 @@ def main() -> None:
         one = run_processes([None], argv, args.timeout, args.device)[0]
         two = run_processes(loopback_tf_configs(2), argv, args.timeout, args.device)
     print(machine())
-    print(f"{args.method}, MobileNetV2 + DeepLabV3+, global batch {args.batch} of {args.crop}x{args.crop} crops, {args.device}")
+    print(f"{args.method}, EfficientNet-Lite0 + DeepLabV3+ (random weights), global batch {args.batch} of {args.crop}x{args.crop} crops, {args.device}")
     print(f"1 worker : {one['images_per_s']:.2f} images/s")
     print(f"2 workers: {two[0]['images_per_s']:.2f} images/s (ratio {two[0]['images_per_s'] / one['images_per_s']:.2f})")
 
