@@ -65,12 +65,13 @@ def test_the_imagenet_table_has_three_methods_at_three_fractions_and_all_labels_
     assert imagenet.results_dir != qc.CPU.results_dir and imagenet.results_dir in {d for d, _ in qc.KEPT_TABLES}
 
 
-def test_imagenet_profile_is_the_papers_recipe_from_imagenet_weights(tmp_path):
+def test_imagenet_profile_is_the_papers_recipe_from_imagenet_weights_with_a_10x_learning_rate(tmp_path):
     imagenet = qc.PROFILES["imagenet"]
     config = qc.experiment_config("semi-1of16", 2, 800, tmp_path, tmp_path / "results", tmp_path / "run", imagenet)
     assert imagenet.settings[0] == "baseline-all"  # trained first: every fraction's headroom needs it
     assert (config.backbone, config.weights, config.freeze_batchnorm) == ("efficientnet_lite0", "imagenet", True)
-    assert (config.learning_rate_g, config.learning_rate_d, config.head_lr_multiplier) == (2.5e-4, 1e-4, 10.0)
+    # G's rate is 10x the paper's (measured for 600 iterations, quality_camvid.py says); D's and the head's are its own
+    assert (config.learning_rate_g, config.learning_rate_d, config.head_lr_multiplier) == (2.5e-3, 1e-4, 10.0)
     assert (config.lambda_adv, config.lambda_semi_adv, config.lambda_semi, config.t_semi) == (0.01, 0.001, 0.1, 0.2)
     assert config.discriminator == "paper" and config.semi_start == 200  # a quarter of the run
     assert config.labeled_fraction == 1 / 16 and config.seed == 2
