@@ -456,3 +456,31 @@ def test_bench_memory_counts_the_childs_own_memory_not_its_parents():
     code = bench_memory.PEAK_RSS + "print(peak_rss_mib())"
     child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert 1 < child < 256 and held.sum() == 2**26
+
+
+def test_what_d_sees_tells_a_d_that_judges_softness_from_its_verdicts():
+    """A D that calls a pixel real exactly when its map is one-hot there: the ground truth and
+    G's arg-max are judged real everywhere, G's softmax nowhere, and holes count in no share."""
+    import tensorflow as tf
+    import what_d_sees
+
+    def one_hot_detector(maps, training=False):
+        return 100.0 * (tf.reduce_max(maps, axis=-1, keepdims=True) - 0.999)
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=(2, 8, 8)).astype(np.int32)
+    labels[:, :2] = 255  # a hole: all-zero in the one-hot map, which this D calls fake
+    batch = {
+        "image": tf.constant(rng.normal(size=(2, 8, 8, 3)), tf.float32),
+        "label": tf.constant(labels),
+        "d_label": tf.constant(labels[::-1].copy()),
+        "unlabeled_image": tf.constant(rng.normal(size=(2, 8, 8, 3)), tf.float32),
+    }
+    generator = lambda images, training=False: images  # 3 soft class scores per pixel  # noqa: E731
+    shares = what_d_sees.verdicts(generator, one_hot_detector, [batch, batch], num_classes=3)
+    assert shares["ground truth (one-hot)"] == (1.0, 2 * 2 * 6 * 8)  # the hole's 2 rows left out
+    assert shares["G's arg-max as one-hot, labeled images"] == (1.0, 2 * 2 * 6 * 8)
+    assert shares["G's arg-max as one-hot, unlabeled images"] == (1.0, 2 * 2 * 8 * 8)
+    assert shares["G's softmax, labeled images"][0] == 0.0 and shares["G's softmax, unlabeled images"][0] == 0.0
+    far = shares[f"ground truth, more than {what_d_sees.NEAR_HOLE_PX} px from a hole"]
+    assert far == (0.0, 0)  # on 8x8 maps every pixel is near the hole
