@@ -39,6 +39,8 @@ LOG_NAMES = (
     "loss", "loss_seg", "loss_adv", "loss_semi_adv", "loss_semi",
     "loss_d", "d_acc_real", "d_acc_fake", "semi_ratio", "pseudo_acc_all", "pseudo_acc_kept",
 )  # fmt: skip
+#: What D can be shown of G's prediction: the paper's softmax maps, or their arg-max as one-hot.
+DISCRIMINATOR_INPUTS = ("softmax", "argmax")
 
 
 class IterationLosses(NamedTuple):
@@ -82,6 +84,11 @@ class AdvSemiSeg(keras.Model):
             other, and applies the mean of their gradients: one iteration, k times less
             activation memory (the original's ``iter_size``; feed batches of k times the
             micro-batch size). Each micro-batch's losses are means over its own pixels.
+        discriminator_input: what D sees of G's prediction. ``"softmax"`` (the paper's): G's
+            probability maps. ``"argmax"``: G's arg-max as a one-hot map, like the ground truth,
+            so that D cannot tell G's maps from labels by their softness alone
+            (``benchmarks/what_d_sees.py`` measures whether it does); G's adversarial gradient
+            with respect to that map is passed straight through to its softmax.
 
     ``fit`` logs (each mode the ones it has): ``loss`` (G's objective, without weight decay),
     ``loss_seg``, ``loss_adv``, ``loss_semi_adv``, ``loss_semi`` (the unweighted pseudo-label
@@ -110,6 +117,7 @@ class AdvSemiSeg(keras.Model):
         head_lr_multiplier: float = 10.0,
         weight_decay: float = 5e-4,
         accumulation_steps: int = 1,
+        discriminator_input: str = "softmax",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -118,6 +126,8 @@ class AdvSemiSeg(keras.Model):
                 raise ValueError(f"the {role} {network.name!r} is not built; call it on a batch first")
         if accumulation_steps < 1:
             raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
+        if discriminator_input not in DISCRIMINATOR_INPUTS:
+            raise ValueError(f"discriminator_input={discriminator_input!r}; expected one of {DISCRIMINATOR_INPUTS}")
         self.generator = generator
         self.discriminator = discriminator
         self.num_classes = num_classes
@@ -130,6 +140,7 @@ class AdvSemiSeg(keras.Model):
         self.head_lr_multiplier = head_lr_multiplier
         self.weight_decay = weight_decay
         self.accumulation_steps = accumulation_steps
+        self.discriminator_input = discriminator_input
         # The iteration counter: drives semi_start, names checkpoints and positions the data
         # stream on resume. Unlike the optimisers' counters it also counts the steps that
         # mixed-precision loss scaling skips.
@@ -279,9 +290,13 @@ class AdvSemiSeg(keras.Model):
     # --- helpers ----------------------------------------------------------------------------
 
     def _discriminate(self, probabilities: tf.Tensor, d_inputs: list, tape: tf.GradientTape) -> tf.Tensor:
-        """D's logits on a detached copy of ``probabilities``, watched by ``tape`` (and appended
-        to ``d_inputs``) so that G's adversarial gradient can be taken with respect to it."""
+        """D's logits on a detached copy of ``probabilities`` (its arg-max as one-hot, for
+        ``discriminator_input="argmax"``), watched by ``tape`` (and appended to ``d_inputs``) so
+        that G's adversarial gradient can be taken with respect to it. That gradient then reaches
+        G through its softmax: for the arg-max map, the straight-through estimator."""
         detached = tf.stop_gradient(probabilities)
+        if self.discriminator_input == "argmax":
+            detached = tf.one_hot(tf.argmax(detached, axis=-1), self.num_classes, dtype=detached.dtype)
         tape.watch(detached)
         d_inputs.append(detached)
         return self.discriminator(detached, training=True)

@@ -91,11 +91,22 @@ def bce(d_logits, target: float):
     return -tf.math.log_sigmoid(z) if target == 1.0 else -tf.math.log_sigmoid(-z)
 
 
-def paper_iteration(generator, discriminator, batch, semi_on: bool, t_semi: float, drop=(), **settings):
+def shown_to_d(probabilities, d_input: str):
+    """What D sees of G's softmax: the softmax itself (the paper), or its arg-max as one-hot with
+    the textbook straight-through gradient (the identity) back to the softmax."""
+    if d_input == "softmax":
+        return probabilities
+    return probabilities + tf.stop_gradient(tf.one_hot(tf.argmax(probabilities, axis=-1), C) - probabilities)
+
+
+def paper_iteration(
+    generator, discriminator, batch, semi_on: bool, t_semi: float, drop=(), d_input="softmax", **settings
+):
     """(G's gradients, D's gradients (None without D), logs) of one iteration of the paper.
 
     ``drop`` leaves terms out (to measure their share): "adv", "semi_adv", "semi",
     "weight_decay", "head_multiplier" for G; "fake_labeled", "fake_unlabeled", "real" for D.
+    ``d_input="argmax"`` shows D G's arg-max instead of its softmax (:func:`shown_to_d`).
     """
     s = {**SETTINGS, **settings}
     keep = lambda term: term not in drop  # noqa: E731
@@ -108,13 +119,13 @@ def paper_iteration(generator, discriminator, batch, semi_on: bool, t_semi: floa
         objective = logs["loss_seg"]
         if discriminator is not None:
             # 2. adversarial loss: D(softmax(G(x_l))) against "real", over y_l's non-255 pixels
-            d_on_labeled = discriminator(tf.nn.softmax(logits_l), training=True)
+            d_on_labeled = discriminator(shown_to_d(tf.nn.softmax(logits_l), d_input), training=True)
             logs["loss_adv"] = tf.reduce_sum(bce(d_on_labeled, 1.0) * labeled) / tf.reduce_sum(labeled)
             objective += s["lambda_adv"] * logs["loss_adv"] * keep("adv")
         if "unlabeled_image" in batch:
             logits_u = generator(tf.constant(batch["unlabeled_image"]), training=True)
             # 3. unlabeled adversarial loss, every pixel
-            d_on_unlabeled = discriminator(tf.nn.softmax(logits_u), training=True)
+            d_on_unlabeled = discriminator(shown_to_d(tf.nn.softmax(logits_u), d_input), training=True)
             logs["loss_semi_adv"] = tf.reduce_mean(bce(d_on_unlabeled, 1.0))
             # 4. semi loss: argmax pseudo-labels where sigmoid(D) > T, constants
             confidence = tf.stop_gradient(tf.sigmoid(d_on_unlabeled[..., 0]))
@@ -131,12 +142,12 @@ def paper_iteration(generator, discriminator, batch, semi_on: bool, t_semi: floa
             # 6. D on detached predictions ("fake", 255 pixels of y_l out) and one-hot(y_gt) ("real")
             fake_sum = fake_count = correct_fake = 0.0
             if keep("fake_labeled"):
-                d_fake_l = discriminator(tf.stop_gradient(tf.nn.softmax(logits_l)))
+                d_fake_l = discriminator(tf.stop_gradient(shown_to_d(tf.nn.softmax(logits_l), d_input)))
                 fake_sum += tf.reduce_sum(bce(d_fake_l, 0.0) * labeled)
                 fake_count += tf.reduce_sum(labeled)
                 correct_fake += tf.reduce_sum(tf.cast(d_fake_l[..., 0] <= 0, tf.float32) * labeled)
             if "unlabeled_image" in batch and keep("fake_unlabeled"):
-                d_fake_u = discriminator(tf.stop_gradient(tf.nn.softmax(logits_u)))
+                d_fake_u = discriminator(tf.stop_gradient(shown_to_d(tf.nn.softmax(logits_u), d_input)))
                 fake_sum += tf.reduce_sum(bce(d_fake_u, 0.0))
                 fake_count += tf.cast(tf.size(d_fake_u), tf.float32)
                 correct_fake += tf.reduce_sum(tf.cast(d_fake_u[..., 0] <= 0, tf.float32))
@@ -189,10 +200,10 @@ def record_applied_gradients(optimizer, variables) -> list[tf.Variable]:
     return recorded
 
 
-def semi_threshold(generator, discriminator, batch) -> float:
+def semi_threshold(generator, discriminator, batch, d_input: str = "softmax") -> float:
     """A T_semi that keeps roughly half of the unlabeled pixels, in the middle of the widest gap
     between D's confidences there, so that no pixel's fate depends on float32 rounding."""
-    confidence = tf.sigmoid(discriminator(tf.nn.softmax(generator(batch["unlabeled_image"]))))
+    confidence = tf.sigmoid(discriminator(shown_to_d(tf.nn.softmax(generator(batch["unlabeled_image"])), d_input)))
     values = np.sort(confidence.numpy().ravel())
     middle = values[len(values) // 4 : 3 * len(values) // 4]
     gap = int(np.argmax(np.diff(middle)))
@@ -248,6 +259,31 @@ def test_one_iteration_equals_the_papers(mode, accumulation_steps):
     assert {name: float(logs[name]) for name in expected_logs} == pytest.approx(expected_logs, rel=1e-5, abs=1e-6)
     if mode.startswith("semi"):
         assert 0.25 <= expected_logs["semi_ratio"] <= 0.75
+
+
+@pytest.mark.parametrize("mode", ["semi_after_start", "adversarial"])
+def test_one_iteration_with_d_on_gs_argmax_equals_the_papers_with_a_straight_through_gradient(mode):
+    generator, discriminator, batch, semi_start, semi_on, _ = mode_setup(mode)
+    t_semi = semi_threshold(generator, discriminator, batch, "argmax") if mode.startswith("semi") else 0.2
+    expected_g, expected_d, expected_logs = paper_iteration(
+        generator, discriminator, batch, semi_on=semi_on, t_semi=t_semi, d_input="argmax"
+    )
+    softmax_g, _, _ = paper_iteration(generator, discriminator, batch, semi_on=semi_on, t_semi=t_semi)
+    model = AdvSemiSeg(
+        generator, discriminator, num_classes=C, t_semi=t_semi, semi_start=semi_start,
+        discriminator_input="argmax", **SETTINGS,
+    )  # fmt: skip
+    model.compile(keras.optimizers.SGD(0.01, momentum=0.9), keras.optimizers.Adam(1e-3))
+    applied_g = record_applied_gradients(model.g_optimizer, generator.trainable_variables)
+    applied_d = record_applied_gradients(model.d_optimizer, discriminator.trainable_variables)
+
+    logs = model.train_on_batch(batch, return_dict=True)
+
+    assert_gradients_equal(applied_g, expected_g, "G")
+    assert_gradients_equal(applied_d, expected_d, "D")
+    assert {name: float(logs[name]) for name in expected_logs} == pytest.approx(expected_logs, rel=1e-5, abs=1e-6)
+    # and it is another iteration than the paper's: D judged other maps
+    assert max(float(np.abs(a - e).max()) for a, e in zip(expected_g, softmax_g)) > 1e-3
 
 
 # Each term's share of its network's gradient: |grad - grad without the term| / |grad|, as

@@ -186,6 +186,7 @@ def test_configure_rounds_the_batch_up_to_split_over_replicas(monkeypatch, repli
         ({"labeled_fraction": 0.0}, "labeled_fraction=0.0"),
         ({"method": "semi", "labeled_fraction": 1.0}, "labeled_fraction < 1"),
         ({"steps": 0}, "steps=0"),
+        ({"discriminator_input": "logits"}, "discriminator_input='logits'"),
     ],
 )
 def test_bad_settings_are_refused_by_name(changes, named):

@@ -52,7 +52,7 @@ TRAINING, LOSSES = "advseg_utils/training.py", "advseg_utils/losses.py"
 MUTATIONS = [
     Mutation(
         "no_adversarial_gradient_to_g", TRAINING,
-        "map_grads = tape.gradient(g_loss, out.d_inputs, unconnected_gradients=zero)",
+        "map_grads = tape.gradient(g_adversarial, out.d_inputs, unconnected_gradients=zero)",
         "map_grads = [tf.zeros_like(m) for m in out.d_inputs]",
         "G receives no adversarial gradient (zeros for the gradients w.r.t. D's input maps)",
     ),
@@ -202,6 +202,12 @@ MUTATIONS = [
         "return 0.5 * masked_mean(fake_values, fake_mask) + 0.5 *",
         "return masked_mean(fake_values, fake_mask) + 0.5 *",
         "D's fake half not weighted 1/2",
+    ),
+    Mutation(
+        "argmax_input_ignored", TRAINING,
+        'if self.discriminator_input == "argmax":',
+        'if self.discriminator_input == "never":',
+        "discriminator_input='argmax' still shows D G's softmax",
     ),
 ]
 
