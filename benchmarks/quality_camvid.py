@@ -168,7 +168,9 @@ class Profile:
     """What every run of one table shares: CamVid's size (width, height), the configuration
     beyond the setting and seed, the default length, the folder of its results, its rows and
     seeds, when the semi-supervised loss starts (a share of the run), and whether batch-norm
-    statistics are re-estimated before the evaluation that counts (:func:`recalibrated_evaluation`)."""
+    statistics are re-estimated before the evaluation that counts (:func:`recalibrated_evaluation`),
+    and the profile whose baseline runs this table shows as its own (they train no D, so a
+    variant of D needs no baselines of its own)."""
 
     name: str
     image_size: tuple[int, int]
@@ -179,6 +181,7 @@ class Profile:
     seeds: tuple[int, ...] = SEEDS
     semi_start_fraction: float = SEMI_START_FRACTION
     recalibrate: bool = True
+    baselines_from: str | None = None
 
     @property
     def setup(self) -> str:
@@ -188,6 +191,7 @@ class Profile:
         return (
             f"CamVid {self.image_size[0]}x{self.image_size[1]}, {c.head} on {c.backbone} {start}, "
             f"crops {c.crop_size}, batch {c.batch_size}, {c.precision}{', XLA' if c.jit_compile else ''}"
+            + (f", D on G's {c.discriminator_input}" if c.discriminator_input != "softmax" else "")
         )
 
 
@@ -238,6 +242,7 @@ PROFILES["imagenet-argmax"] = Profile(
     seeds=PROFILES["imagenet"].seeds,
     semi_start_fraction=PROFILES["imagenet"].semi_start_fraction,
     recalibrate=False,
+    baselines_from="imagenet",
 )
 #: The tables kept in benchmarks/results, as (folder, iterations): the CPU table, its check at
 #: four times the length (1/8 of the labels), the GPU table and the ImageNet table.
@@ -246,6 +251,7 @@ KEPT_TABLES = (
     (RESULTS_ROOT / "camvid_long", 4 * CPU.steps),
     (PROFILES["gpu"].results_dir, PROFILES["gpu"].steps),
     (PROFILES["imagenet"].results_dir, PROFILES["imagenet"].steps),
+    (PROFILES["imagenet-argmax"].results_dir, PROFILES["imagenet-argmax"].steps),
 )
 
 
@@ -416,12 +422,17 @@ def recalibrated_evaluation(config: ExperimentConfig, crops: int = 64) -> dict:
 
 
 def load_results(results_dir: Path, steps: int) -> dict[str, list[dict]]:
-    """{setting: its runs' records, by seed} for the runs of ``steps`` iterations."""
+    """{setting: its runs' records, by seed} for the runs of ``steps`` iterations, with the
+    baselines of the profile its runs name as ``baselines_from``."""
     found: dict[str, list[dict]] = {}
     for path in sorted(results_dir.glob("*.json")):
         record = json.loads(path.read_text())
         if record.get("steps") == steps and record.get("setting") in SETTINGS:
             found.setdefault(record["setting"], []).append(record)
+    lender = found and profile_of(next(iter(found.values()))[0]).baselines_from
+    if lender:
+        lent = load_results(PROFILES[lender].results_dir, steps)
+        found.update({name: runs for name, runs in lent.items() if SETTINGS[name].method == "baseline"})
     return {setting: sorted(found[setting], key=lambda r: r["seed"]) for setting in SETTINGS if setting in found}
 
 
@@ -441,6 +452,12 @@ def profile_of(record: dict) -> Profile:
     return PROFILES[record.get("profile", "cpu")]
 
 
+def table_profile(results: dict[str, list[dict]]) -> Profile:
+    """The profile of a table's own runs (not that of the baselines it borrows)."""
+    profiles = [profile_of(r) for runs in results.values() for r in runs]
+    return next((p for p in profiles if p.baselines_from), profiles[0])
+
+
 def table(results: dict[str, list[dict]], steps: int, results_dir: Path | None = None) -> str:
     """Markdown: mean IoU per setting (mean, std and every seed's value, in %), with the command
     that reproduces each row; the mean per-class IoU; the headroom each method closes at each
@@ -448,7 +465,7 @@ def table(results: dict[str, list[dict]], steps: int, results_dir: Path | None =
     pseudo-label diagnostics of the semi-supervised runs (:func:`pseudo_label_table`)."""
     if not results:
         return f"no CamVid results of {steps} steps yet: run python {SCRIPT} --steps {steps}"
-    profile = profile_of(next(iter(results.values()))[0])
+    profile = table_profile(results)
     lines = [
         f"Val mean IoU (%), {profile.setup}, {steps} iterations",
         "",
@@ -460,9 +477,11 @@ def table(results: dict[str, list[dict]], steps: int, results_dir: Path | None =
         seeds = [r["seed"] for r in records]
         per_seed = ", ".join(f"{100 * r['mean_iou']:.1f} ({r['seed']})" for r in records)
         minutes = statistics.fmean(r["wall_time_s"] for r in records) / 60
+        row_profile = profile_of(records[0])  # a lent baseline row: its own profile's command
+        row_command = command([setting], seeds, steps, row_profile, results_dir if row_profile is profile else None)
         lines.append(
             f"| {METHOD_LABELS[records[0]['method']]} | {records[0]['labels']} | {len(records)} | {s['mean']:.1f} "
-            f"| {s['std']:.1f} | {per_seed} | {minutes:.1f} | `{command([setting], seeds, steps, profile, results_dir)}` |"
+            f"| {s['std']:.1f} | {per_seed} | {minutes:.1f} | `{row_command}` |"
         )
     lines += ["", "Per seed: mean IoU (seed).", "", "Mean per-class IoU (%) over the runs of each setting", ""]
     lines.append("| method | labels | " + " | ".join(CAMVID_CLASSES) + " |")
@@ -595,7 +614,7 @@ def plot(results: dict[str, list[dict]], steps: int, path: Path) -> None:
     images = first.get("labeled_images", 0) + first.get("unlabeled_images", 0)
     axis.set_xlabel("labeled share of CamVid train" + (f" ({images} images)" if images else ""))
     axis.set_ylabel("val mean IoU (%), mean and std over seeds")
-    title = f"{profile_of(first).setup}, {steps} iterations"
+    title = f"{table_profile(results).setup}, {steps} iterations"
     axis.set_title(textwrap.fill(title, 70), fontsize=9)
     axis.grid(alpha=0.3)
     axis.legend()

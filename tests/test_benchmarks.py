@@ -484,3 +484,32 @@ def test_what_d_sees_tells_a_d_that_judges_softness_from_its_verdicts():
     assert shares["G's softmax, labeled images"][0] == 0.0 and shares["G's softmax, unlabeled images"][0] == 0.0
     far = shares[f"ground truth, more than {what_d_sees.NEAR_HOLE_PX} px from a hole"]
     assert far == (0.0, 0)  # on 8x8 maps every pixel is near the hole
+
+
+def test_the_argmax_table_shows_the_imagenet_baselines_with_their_own_commands(tmp_path, monkeypatch):
+    import dataclasses
+
+    lender, borrower = tmp_path / "imagenet", tmp_path / "argmax"
+    monkeypatch.setitem(qc.PROFILES, "imagenet", dataclasses.replace(qc.PROFILES["imagenet"], results_dir=lender))
+    monkeypatch.setitem(
+        qc.PROFILES, "imagenet-argmax", dataclasses.replace(qc.PROFILES["imagenet-argmax"], results_dir=borrower)
+    )
+    for folder, profile, scores in (
+        (lender, "imagenet", {("baseline-all", 0): 0.50, ("baseline-1of32", 0): 0.40, ("semi-1of32", 0): 0.38}),
+        (borrower, "imagenet-argmax", {("semi-1of32", 0): 0.44}),
+    ):
+        for (setting, seed), score in scores.items():
+            record = {**fake_record(setting, seed, 600, score), "profile": profile}
+            qc.write_json_atomically(qc.result_path(folder, setting, seed, 600), record)
+
+    results = qc.load_results(borrower, 600)
+    assert {name: [r["mean_iou"] for r in runs] for name, runs in results.items()} == {
+        "baseline-1of32": [0.40], "semi-1of32": [0.44], "baseline-all": [0.50],
+    }  # the lender's semi run stays in its own table  # fmt: skip
+    text = qc.table(results, 600, borrower)
+    assert "D on G's argmax" in text.splitlines()[0]
+    row = next(line for line in text.splitlines() if line.startswith("| baseline | 1/32 |"))
+    assert "--profile imagenet --only baseline-1of32" in row and "argmax" not in row
+    semi_row = next(line for line in text.splitlines() if line.startswith("| + adversarial + semi | 1/32 |"))
+    assert "--profile imagenet-argmax" in semi_row
+    assert "| 1/32 | + adversarial + semi vs baseline | +4.0 |" in text and "| 40% |" in text  # 4 of 10 points
