@@ -60,6 +60,7 @@ downscaled copy in the work folder, and nothing is ever written into the root.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -236,16 +237,12 @@ PROFILES["imagenet"] = Profile(
 #: The remedy benchmarks/what_d_sees.py points to (the paper's D judges G's maps by their softness):
 #: the ImageNet table's methods with D shown G's arg-max as one-hot; the baselines are the ImageNet
 #: table's own (no D, so the same runs), and a run's split is the same for the same seed.
-PROFILES["imagenet-argmax"] = Profile(
-    "imagenet-argmax",
-    PROFILES["imagenet"].image_size,
-    PROFILES["imagenet"].base_config.replace(discriminator_input="argmax"),
-    PROFILES["imagenet"].steps,
-    RESULTS_ROOT / "camvid_imagenet_argmax",
+PROFILES["imagenet-argmax"] = dataclasses.replace(
+    PROFILES["imagenet"],
+    name="imagenet-argmax",
+    base_config=PROFILES["imagenet"].base_config.replace(discriminator_input="argmax"),
+    results_dir=RESULTS_ROOT / "camvid_imagenet_argmax",
     settings=("semi-1of32", "adversarial-1of32", "semi-1of8", "adversarial-1of8", "semi-1of16", "adversarial-1of16"),
-    seeds=PROFILES["imagenet"].seeds,
-    semi_start_fraction=PROFILES["imagenet"].semi_start_fraction,
-    recalibrate=False,
     baselines_from="imagenet",
 )
 #: The tables kept in benchmarks/results, as (folder, iterations): the CPU table, its check at

@@ -62,8 +62,9 @@ def verdicts(
             probabilities = tf.nn.softmax(tf.cast(generator(images, training=True), tf.float32))
             judge(f"G's softmax, {where} images", probabilities, mask)
             judge(f"G's arg-max as one-hot, {where} images", tf.one_hot(tf.argmax(probabilities, -1), num_classes), mask)
-        sharpened = tf.nn.softmax(tf.math.log(probabilities + 1e-8) / 0.25)
-        judge("G's softmax sharpened (temperature 0.25), unlabeled images", sharpened, tf.ones_like(labeled))
+            if where == "unlabeled":
+                sharpened = tf.nn.softmax(tf.math.log(probabilities + 1e-8) / 0.25)
+                judge("G's softmax sharpened (temperature 0.25), unlabeled images", sharpened, mask)
     return {name: (real / max(total, 1), total) for name, (real, total) in counts.items()}
 
 
