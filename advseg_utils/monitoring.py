@@ -24,8 +24,9 @@ WON_ADVICE = (
     "confidence map says little and G's adversarial gradient vanishes or misleads. Try, in this "
     "order: look for statistics that differ between the two kinds of maps other than their "
     "content (the original's authors' first suspect: e.g. a second softmax on G's maps, or labels "
-    "that are not one-hot); a larger lambda_adv (G then pushes back harder); a lower "
-    "learning_rate_d; the 'small' discriminator."
+    "that are not one-hot; softness itself is one, and discriminator_input='argmax' shows D G's "
+    "arg-max as one-hot instead, benchmarks/what_d_sees.py tells which D judges); a larger "
+    "lambda_adv (G then pushes back harder); a lower learning_rate_d; the 'small' discriminator."
 )
 STUCK_ADVICE = (
     "D learns nothing: its loss stays at log 2 = 0.693, every confidence is about 0.5, so the "

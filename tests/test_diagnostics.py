@@ -82,7 +82,7 @@ def fed(logs_per_batch: list[dict], patience: int = 5) -> list[str]:
 def test_monitor_warns_once_when_d_has_won_for_a_sustained_stretch():
     messages = fed([HEALTHY] * 3 + [WON] * 12)
     assert len(messages) == 1
-    assert "D has won" in messages[0] and "learning_rate_d" in messages[0] and "loss_d 0.010" in messages[0]
+    assert "D has won" in messages[0] and "learning_rate_d" in messages[0] and "discriminator_input='argmax'" in messages[0] and "loss_d 0.010" in messages[0]
 
 
 def test_monitor_warns_when_d_loss_is_stuck_at_log_2():
