@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -141,3 +142,26 @@ def loopback_tf_configs(count: int) -> list[str]:
         json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}})
         for index in range(count)
     ]
+
+
+def wait_for_workers(processes: list[subprocess.Popen], timeout_s: float) -> list[tuple[int, str | None, str | None]]:
+    """(exit status, stdout, stderr) of each worker process started with ``loopback_tf_configs``,
+    waiting at most ``timeout_s`` for all of them together. A worker still running at the
+    deadline is killed (a negative status), and every process is reaped, also when waiting is
+    interrupted, so that no worker outlives its caller holding a port."""
+    deadline = time.monotonic() + timeout_s
+    results = []
+    try:
+        for process in processes:
+            try:
+                stdout, stderr = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                stdout, stderr = process.communicate()
+            results.append((process.returncode, stdout, stderr))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    return results

@@ -52,7 +52,10 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def run_processes(configs: list[str | None], argv: list[str], timeout_s: float, device: str) -> list[dict]:
-    """Runs this script as a worker once per ``TF_CONFIG`` (None: no cluster) and returns their results."""
+    """Runs this script as a worker once per ``TF_CONFIG`` (None: no cluster) and returns their
+    results; all of them within ``timeout_s``."""
+    from advseg_utils.cluster import wait_for_workers
+
     processes = []
     for index, config in enumerate(configs):
         env = {key: value for key, value in os.environ.items() if key not in ("TF_CONFIG", "ADVSEG_SMOKE")}
@@ -64,17 +67,10 @@ def run_processes(configs: list[str | None], argv: list[str], timeout_s: float, 
             subprocess.Popen([sys.executable, __file__, WORKER_FLAG, *argv], env=env, stdout=subprocess.PIPE, text=True)
         )
     results = []
-    try:
-        for process in processes:
-            stdout, _ = process.communicate(timeout=timeout_s)
-            if process.returncode:
-                raise RuntimeError(f"a worker exited with status {process.returncode}")
-            results.append(json.loads(stdout.strip().splitlines()[-1]))
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
+    for status, stdout, _ in wait_for_workers(processes, timeout_s):
+        if status:
+            raise RuntimeError(f"a worker exited with status {status} (negative: killed by that signal, as at the {timeout_s:.0f} s timeout)")
+        results.append(json.loads(stdout.strip().splitlines()[-1]))
     return results
 
 

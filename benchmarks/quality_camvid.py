@@ -555,6 +555,8 @@ def headroom_table(results: dict[str, list[dict]]) -> str:
 
 
 PSEUDO_LABEL_LOGS = ("semi_ratio", "pseudo_acc_all", "pseudo_acc_kept")
+#: What the pseudo-label plot's legend calls each of them.
+PSEUDO_LABEL_NAMES = dict(zip(PSEUDO_LABEL_LOGS, ("kept share", "accuracy, all pixels", "accuracy, kept pixels")))
 
 
 def pseudo_label_table(results: dict[str, list[dict]]) -> str:
@@ -642,7 +644,7 @@ def plot_pseudo_labels(results: dict[str, list[dict]], steps: int, path: Path) -
         iterations = [min((i + 1) * every, steps) for i in range(length)]
         for name, style in zip(PSEUDO_LABEL_LOGS, (":", "--", "-")):
             mean = [100 * statistics.fmean(r["history"][name][i] for r in records) for i in range(length)]
-            axis.plot(iterations, mean, style, color=f"C{colour}", label=f"{label}: {name}")
+            axis.plot(iterations, mean, style, color=f"C{colour}", label=f"{label}: {PSEUDO_LABEL_NAMES[name]}")
     semi_start = next(iter(curves.values()))[0]["config"]["semi_start"]
     axis.axvline(semi_start, color="grey", linewidth=0.8)
     axis.set_xlabel(f"iteration (grey: semi_start = {semi_start})")

@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from advseg_utils.checkpoints import restore_latest
-from advseg_utils.cluster import CLUSTER_TIMEOUT_ENV, cluster_task, loopback_tf_configs
+from advseg_utils.cluster import CLUSTER_TIMEOUT_ENV, cluster_task, loopback_tf_configs, wait_for_workers
 from advseg_utils.datasets import sample_dataset
 from advseg_utils.experiment import SMOKE_ENV
 
@@ -46,22 +46,7 @@ def start_cluster(run_root: Path, out: Path, *args: str, configs=None, wait_s=30
 
 def finish(processes: list[subprocess.Popen], timeout_s: float = TIMEOUT_S) -> list[tuple[int, str]]:
     """(exit status, stderr) of each process, killing whichever is still running at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    results = []
-    try:
-        for process in processes:
-            try:
-                _, stderr = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                _, stderr = process.communicate()
-            results.append((process.returncode, stderr))
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
-    return results
+    return [(status, stderr) for status, _, stderr in wait_for_workers(processes, timeout_s)]
 
 
 def assert_succeeded(results):
@@ -180,3 +165,12 @@ def test_tf_config_names_this_task_among_the_chief_and_workers():
     assert cluster_task({"TF_CONFIG": one}) is None and cluster_task({}) is None  # one machine
     with pytest.raises(ValueError, match="TF_CONFIG='not json'"):
         cluster_task({"TF_CONFIG": "not json"})
+
+
+def test_waiting_for_workers_kills_the_one_still_running_at_the_deadline_and_keeps_the_others():
+    talker = subprocess.Popen([sys.executable, "-c", "print('done')"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    started = time.monotonic()
+    (talked, out, _), (slept, _, _) = wait_for_workers([talker, sleeper], timeout_s=5)
+    assert (talked, out) == (0, "done\n")
+    assert slept == -signal.SIGKILL and sleeper.poll() is not None and time.monotonic() - started < 60
