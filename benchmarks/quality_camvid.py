@@ -64,6 +64,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import math
 import os
 import shutil
 import statistics
@@ -505,23 +506,42 @@ def _setting_of(method: str, fraction: float) -> str | None:
     return next((name for name, row in SETTINGS.items() if row == Setting(method, fraction)), None)
 
 
+#: Student's t, two-sided 95 % critical values for 1 to 10 degrees of freedom (beyond: 2.2).
+T_CRITICAL_95 = (12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23)
+
+
 def compare(method: list[dict], reference: list[dict]) -> dict:
     """``method``'s runs against ``reference``'s, seed by seed (the seeds share their split):
-    the gain of the means, every seed's gain, and whether the gain exceeds the seed spread, i.e.
-    every seed's gain has the gain's sign and the gain is larger than both settings' std."""
+    the gain of the means, every seed's gain, whether the gain exceeds the seed spread (every
+    seed's gain has the gain's sign and the gain is larger than both settings' std), and the
+    paired t statistic of the seeds' gains with whether it passes a two-sided 95 % test. The
+    paired test removes what the split does to both settings alike, which the spread keeps."""
     by_seed = {r["seed"]: r["mean_iou"] for r in reference}
     gains = [r["mean_iou"] - by_seed[r["seed"]] for r in method if r["seed"] in by_seed]
     gain = summary(method)["mean"] - summary(reference)["mean"]
     spread = max(summary(method)["std"], summary(reference)["std"])
     same_sign = bool(gains) and all(g * gain > 0 for g in gains)
-    return {"gain": gain, "seed_gains": gains, "beyond_spread": same_sign and abs(gain) > spread and len(gains) > 1}
+    paired_t, paired_beyond = None, False
+    if len(gains) > 1:
+        error = statistics.stdev(gains) / math.sqrt(len(gains))
+        paired_t = statistics.fmean(gains) / error if error > 0 else math.copysign(math.inf, statistics.fmean(gains))
+        degrees = len(gains) - 1
+        paired_beyond = abs(paired_t) > (T_CRITICAL_95[degrees - 1] if degrees <= len(T_CRITICAL_95) else 2.2)
+    return {
+        "gain": gain,
+        "seed_gains": gains,
+        "beyond_spread": same_sign and abs(gain) > spread and len(gains) > 1,
+        "paired_t": paired_t,
+        "paired_beyond": paired_beyond,
+    }
 
 
 def headroom_table(results: dict[str, list[dict]]) -> str:
     """Markdown: at each fraction, each method's gain over the baseline (and the semi loss's own
     gain over + adversarial), every seed's gain, the share of the headroom closed,
-    (method - baseline) / (all-labels baseline - baseline), and whether the gain exceeds the
-    seed spread (:func:`compare`). Empty without the all-labels baseline."""
+    (method - baseline) / (all-labels baseline - baseline), whether the gain exceeds the seed
+    spread and the paired t test of the seeds' gains (:func:`compare`). Empty without the
+    all-labels baseline."""
     if "baseline-all" not in results:
         return ""
     full = summary(results["baseline-all"])["mean"]
@@ -529,10 +549,12 @@ def headroom_table(results: dict[str, list[dict]]) -> str:
         "Headroom closed: (method - baseline) / (all-labels baseline - baseline), from the means over seeds "
         f"(all-labels baseline {100 * full:.1f}; the paper's VOC 1/8: (69.5 - 66.0) / (73.6 - 66.0) = 46%). "
         "Gains in points; per seed in the order of the seeds; beyond the spread: every seed's gain has the "
-        "same sign and the gain exceeds both settings' std over seeds.",
+        "same sign and the gain exceeds both settings' std over seeds; paired t: the seeds' mean gain over "
+        "its standard error (same split, so what a split does to both settings cancels), beyond it at 95 % "
+        "when |t| exceeds Student's two-sided critical value (4.30 for 3 seeds).",
         "",
-        "| labels | comparison | gain | per seed | headroom | closed | beyond the seed spread |",
-        "|---|---|---|---|---|---|---|",
+        "| labels | comparison | gain | per seed | headroom | closed | beyond the seed spread | paired t | paired, 95 % |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     comparisons = (("adversarial", "baseline"), ("semi", "baseline"), ("semi", "adversarial"))
     for fraction, label in FRACTIONS.items():
@@ -549,9 +571,17 @@ def headroom_table(results: dict[str, list[dict]]) -> str:
             lines.append(
                 f"| {label} | {METHOD_LABELS[method]} vs {METHOD_LABELS[reference]} | {100 * c['gain']:+.1f} "
                 f"| {', '.join(f'{100 * g:+.1f}' for g in c['seed_gains'])} | {100 * headroom:.1f} | {closed} "
-                f"| {'yes' if c['beyond_spread'] else 'no'} |"
+                f"| {'yes' if c['beyond_spread'] else 'no'} | {_t_text(c['paired_t'])} "
+                f"| {'yes' if c['paired_beyond'] else 'no'} |"
             )
     return "\n".join(lines) if len(lines) > 4 else ""
+
+
+def _t_text(t: float | None) -> str:
+    """A t statistic for the table: one decimal, "-" without one, beyond +-100 as ">100"."""
+    if t is None:
+        return "-"
+    return f"{t:+.1f}" if abs(t) < 100 else f"{'>' if t > 0 else '<-'}100"
 
 
 PSEUDO_LABEL_LOGS = ("semi_ratio", "pseudo_acc_all", "pseudo_acc_kept")

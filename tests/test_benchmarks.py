@@ -236,10 +236,12 @@ def imagenet_results(results_dir: Path, steps: int = 600) -> None:
 def test_headroom_table_gives_the_share_closed_and_which_gains_exceed_the_seed_spread(tmp_path):
     imagenet_results(tmp_path)
     text = qc.headroom_table(qc.load_results(tmp_path, 600))
-    # headroom 58 - 52 = 6 points; + adversarial gains 1.33 (22%), + semi 4 (67%), semi over adversarial 2.67
-    assert "| 1/8 | + adversarial vs baseline | +1.3 | +1.0, +1.0, +2.0 | 6.0 | 22% | no |" in text
-    assert "| 1/8 | + adversarial + semi vs baseline | +4.0 | +4.0, +4.0, +4.0 | 6.0 | 67% | yes |" in text
-    assert "| 1/8 | + adversarial + semi vs + adversarial | +2.7 | +3.0, +3.0, +2.0 | 6.0 | - | yes |" in text
+    # headroom 58 - 52 = 6 points; + adversarial gains 1.33 (22%), + semi 4 (67%), semi over adversarial 2.67.
+    # Paired t = mean gain / (std of the gains / sqrt 3): 1.33 / (0.577 / 1.732) = 4.0, under 4.30 for
+    # 2 degrees of freedom; 2.67 / 0.333 = 8.0; gains of 4, 4, 4 have no spread at all.
+    assert "| 1/8 | + adversarial vs baseline | +1.3 | +1.0, +1.0, +2.0 | 6.0 | 22% | no | +4.0 | no |" in text
+    assert "| 1/8 | + adversarial + semi vs baseline | +4.0 | +4.0, +4.0, +4.0 | 6.0 | 67% | yes | >100 | yes |" in text
+    assert "| 1/8 | + adversarial + semi vs + adversarial | +2.7 | +3.0, +3.0, +2.0 | 6.0 | - | yes | +8.0 | yes |" in text
     assert "1/4" not in text.split("|---|")[-1]  # no row for a fraction without runs
     assert qc.headroom_table({k: v for k, v in qc.load_results(tmp_path, 600).items() if k != "baseline-all"}) == ""
     # A gain larger than both spreads (6.6 > 5.8 and 0) is still within the noise when one seed loses.
@@ -248,6 +250,22 @@ def test_headroom_table_gives_the_share_closed_and_which_gains_exceed_the_seed_s
     ]
     assert qc.compare(one_loses, steady)["gain"] > qc.summary(one_loses)["std"]
     assert not qc.compare(one_loses, steady)["beyond_spread"]
+    assert qc.compare(one_loses, steady)["paired_t"] == pytest.approx((0.199 / 3) / (statistics.stdev([-0.001, 0.1, 0.1]) / 3**0.5))
+    assert not qc.compare(one_loses, steady)["paired_beyond"]  # t = 1.97
+
+
+def test_the_paired_test_sees_a_steady_gain_that_the_split_spread_hides():
+    """Splits that move both settings by 5 points each hide a gain of 2, 2 and 1.5 points from
+    the spread test, not from the paired one: t = 1.83 / (0.289 / sqrt 3) = 11.0 > 4.30. With
+    two seeds the critical value is 12.71 (1 degree of freedom), so the same gains fall short."""
+    baseline = [fake_record("baseline-1of8", seed, 600, score) for seed, score in enumerate((0.40, 0.45, 0.50))]
+    semi = [fake_record("semi-1of8", seed, 600, score) for seed, score in enumerate((0.42, 0.47, 0.515))]
+    c = qc.compare(semi, baseline)
+    assert not c["beyond_spread"] and c["paired_beyond"] and c["paired_t"] == pytest.approx(11.0, abs=0.05)
+    assert qc.compare(baseline, semi)["paired_beyond"]  # a steady loss is as clear as a steady gain
+    two = qc.compare(semi[:2], baseline[:2])  # gains 2.0 and 2.0 (up to rounding): t huge, passes
+    one_off = qc.compare([semi[0], fake_record("semi-1of8", 1, 600, 0.46)], baseline[:2])  # gains 2, 1: t = 3
+    assert two["paired_beyond"] and one_off["paired_t"] == pytest.approx(3.0) and not one_off["paired_beyond"]
 
 
 def test_imagenet_report_has_every_seed_the_headroom_the_pseudo_labels_and_both_plots(tmp_path):
