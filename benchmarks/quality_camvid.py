@@ -465,7 +465,8 @@ def table(results: dict[str, list[dict]], steps: int, results_dir: Path | None =
     """Markdown: mean IoU per setting (mean, std and every seed's value, in %), with the command
     that reproduces each row; the mean per-class IoU; the headroom each method closes at each
     fraction, with which differences exceed the seed spread or pass the paired test
-    (:func:`headroom_table`); and the pseudo-label diagnostics of the semi-supervised runs
+    (:func:`headroom_table`); for a table that borrows its baselines, its runs against the
+    lender's (:func:`lender_table`); and the pseudo-label diagnostics of the semi-supervised runs
     (:func:`pseudo_label_table`)."""
     if not results:
         return f"no CamVid results of {steps} steps yet: run python {SCRIPT} --steps {steps}"
@@ -496,7 +497,7 @@ def table(results: dict[str, list[dict]], steps: int, results_dir: Path | None =
             values = [r["per_class_iou"][name] for r in records if r["per_class_iou"][name] is not None]
             cells.append(f"{100 * statistics.fmean(values):.1f}" if values else "-")
         lines.append(f"| {METHOD_LABELS[records[0]['method']]} | {records[0]['labels']} | " + " | ".join(cells) + " |")
-    for section in (headroom_table(results), pseudo_label_table(results)):
+    for section in (headroom_table(results), lender_table(results, steps), pseudo_label_table(results)):
         if section:
             lines += ["", section]
     first = next(iter(results.values()))[0]
@@ -576,6 +577,38 @@ def headroom_table(results: dict[str, list[dict]]) -> str:
                 f"| {'yes' if c['beyond_spread'] else 'no'} | {_t_text(c['paired_t'])} "
                 f"| {'yes' if c['paired_beyond'] else 'no'} |"
             )
+    return "\n".join(lines) if len(lines) > 4 else ""
+
+
+def lender_table(results: dict[str, list[dict]], steps: int) -> str:
+    """Markdown, for a table that borrows its baselines (``baselines_from``): each of its own
+    settings against the same setting in the lender's table, over the seeds both have, seed by
+    seed (same split), with the paired test (:func:`compare`): what the variant changes. Empty
+    for other tables."""
+    profile = table_profile(results)
+    if not profile.baselines_from:
+        return ""
+    lender = PROFILES[profile.baselines_from]
+    theirs = load_results(lender.results_dir, steps)
+    lines = [
+        f"Against `--profile {lender.name}`: each setting beside the lender's runs of the same setting, "
+        "over the seeds both have (so the same splits); gains in points, per seed in the order of the seeds.",
+        "",
+        f"| method | labels | {profile.name} | {lender.name} | gain | per seed | paired t | paired, 95 % |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for setting, runs in results.items():
+        shared = {r["seed"] for r in runs} & {r["seed"] for r in theirs.get(setting, [])}
+        if profile_of(runs[0]) is not profile or not shared:
+            continue
+        mine, lenders = ([r for r in records if r["seed"] in shared] for records in (runs, theirs[setting]))
+        c = compare(mine, lenders)
+        lines.append(
+            f"| {METHOD_LABELS[SETTINGS[setting].method]} | {SETTINGS[setting].labels} "
+            f"| {100 * summary(mine)['mean']:.1f} | {100 * summary(lenders)['mean']:.1f} "
+            f"| {100 * c['gain']:+.1f} | {', '.join(f'{100 * g:+.1f}' for g in c['seed_gains'])} "
+            f"| {_t_text(c['paired_t'])} | {'yes' if c['paired_beyond'] else 'no'} |"
+        )
     return "\n".join(lines) if len(lines) > 4 else ""
 
 

@@ -512,22 +512,32 @@ def test_the_argmax_table_shows_the_imagenet_baselines_with_their_own_commands(t
     monkeypatch.setitem(
         qc.PROFILES, "imagenet-argmax", dataclasses.replace(qc.PROFILES["imagenet-argmax"], results_dir=borrower)
     )
-    for folder, profile, scores in (
-        (lender, "imagenet", {("baseline-all", 0): 0.50, ("baseline-1of32", 0): 0.40, ("semi-1of32", 0): 0.38}),
-        (borrower, "imagenet-argmax", {("semi-1of32", 0): 0.44}),
-    ):
+    lent = {("baseline-all", 0): 0.50, ("baseline-1of32", 0): 0.40, ("baseline-1of32", 1): 0.42}
+    lent |= {("semi-1of32", 0): 0.38, ("semi-1of32", 1): 0.41, ("semi-1of32", 2): 0.30, ("adversarial-1of32", 0): 0.43}
+    own = {("semi-1of32", 0): 0.44, ("semi-1of32", 1): 0.46, ("adversarial-1of32", 0): 0.45, ("adversarial-1of32", 3): 0.6}
+    for folder, profile, scores in ((lender, "imagenet", lent), (borrower, "imagenet-argmax", own)):
         for (setting, seed), score in scores.items():
             record = {**fake_record(setting, seed, 600, score), "profile": profile}
             qc.write_json_atomically(qc.result_path(folder, setting, seed, 600), record)
 
     results = qc.load_results(borrower, 600)
     assert {name: [r["mean_iou"] for r in runs] for name, runs in results.items()} == {
-        "baseline-1of32": [0.40], "semi-1of32": [0.44], "baseline-all": [0.50],
-    }  # the lender's semi run stays in its own table  # fmt: skip
+        "baseline-1of32": [0.40, 0.42], "adversarial-1of32": [0.45, 0.6], "semi-1of32": [0.44, 0.46],
+        "baseline-all": [0.50],
+    }  # the lender's semi runs stay in its own table  # fmt: skip
     text = qc.table(results, 600, borrower)
     assert "D on G's argmax" in text.splitlines()[0]
     row = next(line for line in text.splitlines() if line.startswith("| baseline | 1/32 |"))
     assert "--profile imagenet --only baseline-1of32" in row and "argmax" not in row
     semi_row = next(line for line in text.splitlines() if line.startswith("| + adversarial + semi | 1/32 |"))
     assert "--profile imagenet-argmax" in semi_row
-    assert "| 1/32 | + adversarial + semi vs baseline | +4.0 |" in text and "| 40% |" in text  # 4 of 10 points
+    assert "| 1/32 | + adversarial + semi vs baseline | +4.0 |" in text and "| 44% |" in text  # 4 of 9 points
+    # Against the lender's runs over the seeds both have: semi seeds 0 and 1 (the lender's seed 2
+    # has no partner), gains of 6 and 5 points, t = 5.5 / (0.707 / sqrt 2) = 11.0, under 12.71 for
+    # one degree of freedom; adversarial seed 0 alone (this table's seed 3 has no partner).
+    lender_rows = text.split("Against `--profile imagenet`")[1].split("\n\n")[1].splitlines()
+    assert lender_rows[2:] == [
+        "| + adversarial | 1/32 | 45.0 | 43.0 | +2.0 | +2.0 | - | no |",
+        "| + adversarial + semi | 1/32 | 45.0 | 39.5 | +5.5 | +6.0, +5.0 | +11.0 | no |",
+    ]
+    assert "Against" not in qc.table(qc.load_results(lender, 600), 600, lender)
