@@ -526,8 +526,8 @@ def compare(method: list[dict], reference: list[dict]) -> dict:
     same_sign = bool(gains) and all(g * gain > 0 for g in gains)
     paired_t, paired_beyond = None, False
     if len(gains) > 1:
-        error = statistics.stdev(gains) / math.sqrt(len(gains))
-        paired_t = statistics.fmean(gains) / error if error > 0 else math.copysign(math.inf, statistics.fmean(gains))
+        mean, error = statistics.fmean(gains), statistics.stdev(gains) / math.sqrt(len(gains))
+        paired_t = mean / error if error > 0 else math.copysign(math.inf, mean)
         degrees = len(gains) - 1
         paired_beyond = abs(paired_t) > (T_CRITICAL_95[degrees - 1] if degrees <= len(T_CRITICAL_95) else 2.2)
     return {
@@ -573,7 +573,7 @@ def headroom_table(results: dict[str, list[dict]]) -> str:
             closed = f"{100 * c['gain'] / headroom:.0f}%" if reference == "baseline" and headroom > 0 else "-"
             lines.append(
                 f"| {label} | {METHOD_LABELS[method]} vs {METHOD_LABELS[reference]} | {100 * c['gain']:+.1f} "
-                f"| {', '.join(f'{100 * g:+.1f}' for g in c['seed_gains'])} | {100 * headroom:.1f} | {closed} "
+                f"| {_gains_text(c['seed_gains'])} | {100 * headroom:.1f} | {closed} "
                 f"| {'yes' if c['beyond_spread'] else 'no'} | {_t_text(c['paired_t'])} "
                 f"| {'yes' if c['paired_beyond'] else 'no'} |"
             )
@@ -598,18 +598,25 @@ def lender_table(results: dict[str, list[dict]], steps: int) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for setting, runs in results.items():
+        if profile_of(runs[0]) is not profile:  # a lent baseline
+            continue
         shared = {r["seed"] for r in runs} & {r["seed"] for r in theirs.get(setting, [])}
-        if profile_of(runs[0]) is not profile or not shared:
+        if not shared:
             continue
         mine, lenders = ([r for r in records if r["seed"] in shared] for records in (runs, theirs[setting]))
         c = compare(mine, lenders)
         lines.append(
             f"| {METHOD_LABELS[SETTINGS[setting].method]} | {SETTINGS[setting].labels} "
             f"| {100 * summary(mine)['mean']:.1f} | {100 * summary(lenders)['mean']:.1f} "
-            f"| {100 * c['gain']:+.1f} | {', '.join(f'{100 * g:+.1f}' for g in c['seed_gains'])} "
+            f"| {100 * c['gain']:+.1f} | {_gains_text(c['seed_gains'])} "
             f"| {_t_text(c['paired_t'])} | {'yes' if c['paired_beyond'] else 'no'} |"
         )
     return "\n".join(lines) if len(lines) > 4 else ""
+
+
+def _gains_text(gains: list[float]) -> str:
+    """Every seed's gain, in points, for the tables."""
+    return ", ".join(f"{100 * g:+.1f}" for g in gains)
 
 
 def _t_text(t: float | None) -> str:
