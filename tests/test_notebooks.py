@@ -96,7 +96,7 @@ def test_demo_trains_the_offline_imagenet_generator_on_the_sample_and_keeps_the_
     assert demo.semi_start == demo.steps // 4  # the paper's quarter of the run
     assert demo.steps // demo.checkpoint_every == 2  # two points on the loss curves
     assert demo.recalibrate_batchnorm > 0  # the head's batch norms re-estimated: 60 steps leave them at init
-    kept = ("method", "labeled_fraction", "lambda_semi", "t_semi", "seed")
+    kept = ("method", "labeled_fraction", "lambda_semi", "t_semi", "discriminator", "seed")
     assert [getattr(demo, knob) for knob in kept] == [getattr(config, knob) for knob in kept]
 
 
