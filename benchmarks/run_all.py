@@ -29,6 +29,8 @@ import bench_eval
 import bench_memory
 import bench_pipeline
 import bench_train
+import camvid_report
+import camvid_results
 import quality_camvid
 from machine_info import machine
 
@@ -91,11 +93,11 @@ def main(argv: list[str] | None = None) -> int:
             print(error)
             failed.append("quality")
     else:
-        print(quality_camvid.kept_reports())
+        print(camvid_report.kept_reports())
     total = time.perf_counter() - started
     results["total_seconds"] = total
     output = RESULTS_DIR / f"run_all{'_quick' if args.quick else ''}{'_gpu' if args.gpu else ''}.json"
-    quality_camvid.write_json_atomically(output, results)
+    camvid_results.write_json_atomically(output, results)
     print(f"\nall benchmarks: {total / 60:.1f} min; figures in {output.relative_to(RESULTS_DIR.parent.parent)}")
     if failed:
         print(f"FAILED: {', '.join(failed)}")

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
-import quality_camvid
+import camvid_data
+import camvid_profiles
 from advseg_utils import build_model, load_datasets, split_ids, training_stream
 from advseg_utils.checkpoints import restore_latest
 from advseg_utils.losses import one_hot_with_ignore
@@ -71,23 +72,23 @@ def verdicts(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_folder", type=Path, help="a quality_camvid.py run's checkpoint folder")
-    parser.add_argument("--profile", choices=list(quality_camvid.PROFILES), default="imagenet")
+    parser.add_argument("--profile", choices=list(camvid_profiles.PROFILES), default="imagenet")
     parser.add_argument("--setting", default="semi-1of32", help="the run's setting (a semi-supervised one)")
     parser.add_argument("--seed", type=int, default=0, help="the run's seed")
     parser.add_argument("--batches", type=int, default=6, help="training batches to judge")
-    parser.add_argument("--work-dir", type=Path, default=quality_camvid.DEFAULT_WORK)
-    parser.add_argument("--camvid", type=Path, default=quality_camvid.DEFAULT_CAMVID)
+    parser.add_argument("--work-dir", type=Path, default=camvid_data.DEFAULT_WORK)
+    parser.add_argument("--camvid", type=Path, default=camvid_data.DEFAULT_CAMVID)
     args = parser.parse_args(argv)
-    profile = quality_camvid.PROFILES[args.profile]
-    if quality_camvid.SETTINGS[args.setting].method != "semi":
+    profile = camvid_profiles.PROFILES[args.profile]
+    if camvid_profiles.SETTINGS[args.setting].method != "semi":
         parser.error(f"--setting {args.setting}: expected a semi-supervised setting (its stream has unlabeled images)")
-    data_dir = quality_camvid.downscaled_camvid(
-        args.camvid, args.work_dir / quality_camvid.copy_name(args.camvid, profile.image_size), profile.image_size
+    data_dir = camvid_data.downscaled_camvid(
+        args.camvid, args.work_dir / camvid_data.copy_name(args.camvid, profile.image_size), profile.image_size
     )
     with tempfile.TemporaryDirectory(prefix="advseg-what-d-sees-") as scratch:
         copy = Path(scratch) / "run"
         shutil.copytree(args.run_folder, copy)
-        config = quality_camvid.experiment_config(
+        config = camvid_profiles.experiment_config(
             args.setting, args.seed, profile.steps, data_dir, profile.results_dir, copy, profile
         )
         train_set, _ = load_datasets(config)
