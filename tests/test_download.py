@@ -12,6 +12,7 @@ import io
 import socket
 import tarfile
 import threading
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 from advseg_utils.download import (
     ChecksumError,
     DownloadError,
+    ExpectedFile,
     UnsafeArchiveError,
     download_file,
     download_sbd,
@@ -33,12 +35,16 @@ PAYLOAD = bytes(range(256)) * 40  # 10,240 bytes
 
 @dataclasses.dataclass
 class Host:
-    """What the loopback server serves, how it misbehaves, and the requests it saw."""
+    """What a loopback server serves, how it misbehaves, and the requests it saw."""
 
     base_url: str
     files: dict[str, bytes] = dataclasses.field(default_factory=dict)
     cut_after: dict[str, int] = dataclasses.field(default_factory=dict)  # path -> bytes, first response only
+    gone_after_cut: bool = False  # a cut file is then deleted: later requests for it get 404
     ignore_range: bool = False
+    # path -> the addresses its requests are redirected to, one per request (the last one stays)
+    redirects: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    redirect_status: int = 302
     requests: list[tuple[str, str | None]] = dataclasses.field(default_factory=list)
 
     def url(self, path: str) -> str:
@@ -50,6 +56,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         host: Host = self.server.host
         byte_range = self.headers.get("Range")
         host.requests.append((self.path, byte_range))
+        if targets := host.redirects.get(self.path):
+            self.send_response(host.redirect_status)
+            self.send_header("Location", targets.pop(0) if len(targets) > 1 else targets[0])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         body = host.files.get(self.path)
         if body is None:
             self.send_error(404)
@@ -70,6 +82,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.path in host.cut_after:
             payload = payload[: host.cut_after.pop(self.path)]
             self.close_connection = True
+            if host.gone_after_cut:
+                del host.files[self.path]
         self.wfile.write(payload)
 
     def log_message(self, *args) -> None:
@@ -77,17 +91,30 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def host(monkeypatch):
+def start_host(monkeypatch):
+    """Starts loopback servers on demand (each in a thread) and stops them all after the test."""
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.host = Host(base_url=f"http://127.0.0.1:{server.server_port}")
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server.host
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    running = []
+
+    def start() -> Host:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        server.host = Host(base_url=f"http://127.0.0.1:{server.server_port}")
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        running.append((server, thread))
+        return server.host
+
+    yield start
+    for server, thread in running:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def host(start_host):
+    return start_host()
 
 
 def refused_url() -> str:
@@ -142,7 +169,7 @@ def test_dropped_connection_is_resumed_with_a_range_request(host, tmp_path):
     host.cut_after["/data.bin"] = 3000
     target = tmp_path / "data.bin"
 
-    assert download_file(host.url("/data.bin"), target, md5=md5_of(PAYLOAD)) == target
+    assert download_file(host.url("/data.bin"), target, expected=ExpectedFile(md5=md5_of(PAYLOAD))) == target
 
     assert host.requests == [("/data.bin", None), ("/data.bin", "bytes=3000-")]
     assert target.read_bytes() == PAYLOAD
@@ -153,7 +180,7 @@ def test_part_left_by_an_earlier_session_is_resumed(host, tmp_path):
     host.files["/data.bin"] = PAYLOAD
     (tmp_path / "data.bin.part").write_bytes(PAYLOAD[:4096])
 
-    download_file(host.url("/data.bin"), tmp_path / "data.bin", md5=md5_of(PAYLOAD))
+    download_file(host.url("/data.bin"), tmp_path / "data.bin", expected=ExpectedFile(md5=md5_of(PAYLOAD)))
 
     assert host.requests == [("/data.bin", "bytes=4096-")]
     assert (tmp_path / "data.bin").read_bytes() == PAYLOAD
@@ -164,7 +191,7 @@ def test_server_ignoring_range_makes_the_download_start_over(host, tmp_path):
     host.ignore_range = True
     (tmp_path / "data.bin.part").write_bytes(b"stale bytes that must not survive")
 
-    download_file(host.url("/data.bin"), tmp_path / "data.bin", md5=md5_of(PAYLOAD))
+    download_file(host.url("/data.bin"), tmp_path / "data.bin", expected=ExpectedFile(md5=md5_of(PAYLOAD)))
 
     assert host.requests == [("/data.bin", "bytes=33-")]
     assert (tmp_path / "data.bin").read_bytes() == PAYLOAD
@@ -175,7 +202,7 @@ def test_server_ignoring_range_after_a_dropped_connection(host, tmp_path):
     host.ignore_range = True
     host.cut_after["/data.bin"] = 5000
 
-    download_file(host.url("/data.bin"), tmp_path / "data.bin", md5=md5_of(PAYLOAD))
+    download_file(host.url("/data.bin"), tmp_path / "data.bin", expected=ExpectedFile(md5=md5_of(PAYLOAD)))
 
     assert host.requests == [("/data.bin", None), ("/data.bin", "bytes=5000-")]
     assert (tmp_path / "data.bin").read_bytes() == PAYLOAD
@@ -185,7 +212,7 @@ def test_complete_part_refused_by_the_server_is_fetched_again(host, tmp_path):
     host.files["/data.bin"] = PAYLOAD
     (tmp_path / "data.bin.part").write_bytes(PAYLOAD)  # e.g. killed while verifying
 
-    download_file(host.url("/data.bin"), tmp_path / "data.bin", md5=md5_of(PAYLOAD))
+    download_file(host.url("/data.bin"), tmp_path / "data.bin", expected=ExpectedFile(md5=md5_of(PAYLOAD)))
 
     assert host.requests == [("/data.bin", f"bytes={len(PAYLOAD)}-"), ("/data.bin", None)]
     assert (tmp_path / "data.bin").read_bytes() == PAYLOAD
@@ -195,8 +222,8 @@ def test_wrong_checksum_raises_and_leaves_no_file(host, tmp_path):
     host.files["/data.bin"] = PAYLOAD
     expected = "0123456789abcdef0123456789abcdef"
 
-    with pytest.raises(ChecksumError) as raised:
-        download_file(host.url("/data.bin"), tmp_path / "data.bin", md5=expected)
+    with pytest.raises(ChecksumError) as raised, pytest.warns(UserWarning, match=host.url("/data.bin")):
+        download_file(host.url("/data.bin"), tmp_path / "data.bin", expected=ExpectedFile(md5=expected))
 
     message = str(raised.value)
     assert "data.bin" in message and expected in message and md5_of(PAYLOAD) in message
@@ -207,9 +234,9 @@ def test_existing_file_is_used_without_network_and_verified(host, tmp_path):
     target = tmp_path / "data.bin"
     target.write_bytes(PAYLOAD)
 
-    assert download_file(host.url("/data.bin"), target, md5=md5_of(PAYLOAD)) == target
+    assert download_file(host.url("/data.bin"), target, expected=ExpectedFile(md5=md5_of(PAYLOAD))) == target
     with pytest.raises(ChecksumError, match=str(target)):
-        download_file(host.url("/data.bin"), target, md5="f" * 32)
+        download_file(host.url("/data.bin"), target, expected=ExpectedFile(md5="f" * 32))
     assert host.requests == []
     assert target.read_bytes() == PAYLOAD  # a file the user placed is reported, never deleted
 
@@ -218,7 +245,7 @@ def test_mirrors_are_tried_in_order(host, tmp_path):
     host.files["/mirror/data.bin"] = PAYLOAD
     urls = [refused_url(), host.url("/missing/data.bin"), host.url("/mirror/data.bin")]
 
-    download_file(urls, tmp_path / "data.bin", md5=md5_of(PAYLOAD))
+    download_file(urls, tmp_path / "data.bin", expected=ExpectedFile(md5=md5_of(PAYLOAD)))
 
     assert host.requests == [("/missing/data.bin", None), ("/mirror/data.bin", None)]
     assert (tmp_path / "data.bin").read_bytes() == PAYLOAD
@@ -229,12 +256,175 @@ def test_all_mirrors_failing_gives_the_manual_steps(host, tmp_path):
     target = tmp_path / "data.bin"
 
     with pytest.raises(DownloadError) as raised:
-        download_file(urls, target, md5="0123456789abcdef0123456789abcdef")
+        download_file(urls, target, expected=ExpectedFile(md5="0123456789abcdef0123456789abcdef"))
 
     message = str(raised.value)
     for expected in (*urls, "404", str(target), "0123456789abcdef0123456789abcdef", "run the same call again"):
         assert expected in message
     assert not target.exists()
+
+
+# --- redirects, several hosts, mirrors that serve other bytes ----------------------------------
+
+
+OTHER = bytes(reversed(PAYLOAD))  # the same size, other bytes
+EXPECTED = ExpectedFile(size=len(PAYLOAD), md5=md5_of(PAYLOAD), sha1=hashlib.sha1(PAYLOAD).hexdigest())
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_redirect_is_followed_and_the_resume_may_land_on_another_host(start_host, tmp_path, status):
+    entry, first, second = start_host(), start_host(), start_host()
+    first.files["/voc.tar"] = second.files["/voc.tar"] = PAYLOAD
+    first.cut_after["/voc.tar"] = 3000
+    entry.redirects["/voc.tar"] = [first.url("/voc.tar"), second.url("/voc.tar")]
+    entry.redirect_status = status
+
+    download_file(entry.url("/voc.tar"), tmp_path / "voc.tar", EXPECTED, timeout=5)
+
+    assert entry.requests == [("/voc.tar", None), ("/voc.tar", "bytes=3000-")]
+    assert first.requests == [("/voc.tar", None)]
+    assert second.requests == [("/voc.tar", "bytes=3000-")]  # the Range header survived the redirect
+    assert (tmp_path / "voc.tar").read_bytes() == PAYLOAD
+
+
+def test_host_dying_after_a_redirect_is_resumed_from_the_next_address(start_host, tmp_path):
+    entry, dying, mirror = start_host(), start_host(), start_host()
+    dying.files["/voc.tar"] = mirror.files["/voc.tar"] = PAYLOAD
+    dying.cut_after["/voc.tar"] = 3000
+    dying.gone_after_cut = True
+    entry.redirects["/voc.tar"] = [dying.url("/voc.tar")]
+
+    download_file([entry.url("/voc.tar"), mirror.url("/voc.tar")], tmp_path / "voc.tar", EXPECTED, timeout=5)
+
+    assert dying.requests == [("/voc.tar", None), ("/voc.tar", "bytes=3000-")]  # a 404 the second time
+    assert mirror.requests == [("/voc.tar", "bytes=3000-")]
+    assert (tmp_path / "voc.tar").read_bytes() == PAYLOAD
+
+
+def test_redirect_to_a_host_ignoring_range_rewrites_the_part(start_host, tmp_path):
+    entry, whole = start_host(), start_host()
+    whole.files["/voc.tar"] = PAYLOAD
+    whole.ignore_range = True
+    entry.redirects["/voc.tar"] = [whole.url("/voc.tar")]
+    (tmp_path / "voc.tar.part").write_bytes(OTHER[:4000])
+
+    download_file(entry.url("/voc.tar"), tmp_path / "voc.tar", EXPECTED, timeout=5)
+
+    assert whole.requests == [("/voc.tar", "bytes=4000-")]
+    assert (tmp_path / "voc.tar").read_bytes() == PAYLOAD
+
+
+def test_mirror_serving_other_bytes_is_caught_and_the_next_address_used(start_host, tmp_path):
+    dying, stale, good = start_host(), start_host(), start_host()
+    dying.files["/f"], stale.files["/f"], good.files["/f"] = PAYLOAD, OTHER, PAYLOAD
+    dying.cut_after["/f"] = 3000
+    dying.gone_after_cut = True
+
+    with pytest.warns(UserWarning, match=stale.url("/f")):
+        download_file([dying.url("/f"), stale.url("/f"), good.url("/f")], tmp_path / "f", EXPECTED, timeout=5)
+
+    assert stale.requests == [("/f", "bytes=3000-"), ("/f", None)]  # judged on its own bytes, from zero
+    assert good.requests == [("/f", None)]
+    assert (tmp_path / "f").read_bytes() == PAYLOAD
+    assert not (tmp_path / "f.part").exists()
+
+
+def test_part_begun_with_other_bytes_is_fetched_again_from_the_same_address(host, tmp_path):
+    host.files["/f"] = PAYLOAD
+    (tmp_path / "f.part").write_bytes(OTHER[:3000])  # e.g. left by a stale mirror in an earlier call
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # this address served the right bytes: nothing to warn about
+        download_file(host.url("/f"), tmp_path / "f", EXPECTED, timeout=5)
+
+    assert host.requests == [("/f", "bytes=3000-"), ("/f", None)]
+    assert (tmp_path / "f").read_bytes() == PAYLOAD
+
+
+def test_complete_part_of_the_expected_size_is_verified_without_a_request(host, tmp_path):
+    (tmp_path / "f.part").write_bytes(PAYLOAD)  # e.g. killed while verifying
+
+    download_file(host.url("/f"), tmp_path / "f", EXPECTED, timeout=5)
+
+    assert host.requests == []
+    assert (tmp_path / "f").read_bytes() == PAYLOAD
+
+
+def test_part_longer_than_the_expected_file_starts_over(host, tmp_path):
+    host.files["/f"] = PAYLOAD
+    (tmp_path / "f.part").write_bytes(OTHER + b"more")
+
+    download_file(host.url("/f"), tmp_path / "f", EXPECTED, timeout=5)
+
+    assert host.requests == [("/f", None)]
+    assert (tmp_path / "f").read_bytes() == PAYLOAD
+
+
+@pytest.mark.parametrize(
+    "body, ignore_range",
+    [
+        (b"<html>quota exceeded</html>", False),  # Range refused (416): its file is shorter
+        (b"<html>quota exceeded</html>", True),  # the page sent whole (200)
+        (PAYLOAD + b"trailing", False),  # a longer file, its Content-Range total says so (206)
+    ],
+)
+def test_address_announcing_another_size_is_skipped_before_it_writes(start_host, tmp_path, body, ignore_range):
+    other, good = start_host(), start_host()
+    other.files["/f"], good.files["/f"] = body, PAYLOAD
+    other.ignore_range = ignore_range
+    (tmp_path / "f.part").write_bytes(PAYLOAD[:3000])
+
+    download_file([other.url("/f"), good.url("/f")], tmp_path / "f", EXPECTED, timeout=5)
+
+    assert good.requests == [("/f", "bytes=3000-")]  # the part survived what the other address sent
+    assert (tmp_path / "f").read_bytes() == PAYLOAD
+
+
+@pytest.mark.parametrize("field", ["size", "md5", "sha1", "sha256"])
+def test_each_published_value_is_checked(host, tmp_path, field):
+    host.files["/f"] = PAYLOAD
+    right = {
+        "size": len(PAYLOAD),
+        "md5": md5_of(PAYLOAD),
+        "sha1": hashlib.sha1(PAYLOAD).hexdigest(),
+        "sha256": hashlib.sha256(PAYLOAD).hexdigest(),
+    }
+    wrong = len(PAYLOAD) + 1 if field == "size" else "0" * len(right[field])
+    expected = ExpectedFile(**{**right, field: wrong})
+    if field == "size":  # announced by the server: refused before the download
+        actual, wrong_text = f"announces {len(PAYLOAD):,} bytes", f"expected {wrong:,}"
+    else:
+        actual, wrong_text = f"{field} {right[field]}", f"expected {wrong}"
+
+    with pytest.raises(ChecksumError) as raised, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        download_file(host.url("/f"), tmp_path / "f", expected, timeout=5)
+
+    message = str(raised.value)
+    assert message.startswith("f: ") and actual in message and wrong_text in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_file_of_another_size_is_reported(host, tmp_path):
+    target = tmp_path / "f"
+    target.write_bytes(PAYLOAD[:-1])
+
+    with pytest.raises(ChecksumError, match=f"{target} has size 10,239 bytes, expected 10,240"):
+        download_file(host.url("/f"), target, ExpectedFile(size=len(PAYLOAD)), timeout=5)
+    assert host.requests == []
+
+
+def test_every_address_serving_other_bytes_stops_with_the_values(start_host, tmp_path):
+    stale = start_host()
+    stale.files["/f"] = OTHER
+
+    with pytest.raises(ChecksumError) as raised, pytest.warns(UserWarning):
+        download_file([stale.url("/f"), refused_url()], tmp_path / "f", EXPECTED, timeout=5)
+
+    message = str(raised.value)
+    for value in (EXPECTED.md5, EXPECTED.sha1, md5_of(OTHER), hashlib.sha1(OTHER).hexdigest(), stale.url("/f")):
+        assert value in message
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- extract_archive ----------------------------------------------------------------------
@@ -362,7 +552,7 @@ def test_dataset_download_is_idempotent(host, tmp_path, download, archive, conte
     host.files["/archive"] = archive
     data_dir = tmp_path / "data"
 
-    root = download(data_dir, urls=[host.url("/archive")], md5=md5_of(archive))
+    root = download(data_dir, urls=[host.url("/archive")], expected=ExpectedFile(md5=md5_of(archive)))
 
     assert root == data_dir / expected_dir and root.is_dir()
     for name, data in content.items():
@@ -371,7 +561,7 @@ def test_dataset_download_is_idempotent(host, tmp_path, download, archive, conte
 
     edited = data_dir / next(iter(content))
     edited.write_bytes(b"edited after extraction")
-    assert download(data_dir, urls=[host.url("/archive")], md5=md5_of(archive)) == root
+    assert download(data_dir, urls=[host.url("/archive")], expected=ExpectedFile(md5=md5_of(archive))) == root
     assert len(host.requests) == 1  # no network the second time
     assert edited.read_bytes() == b"edited after extraction"  # and no second extraction
 
@@ -381,4 +571,4 @@ def test_archive_without_the_expected_folder_is_reported(host, tmp_path):
     host.files["/archive"] = archive
 
     with pytest.raises(DownloadError, match="VOCdevkit/VOC2012"):
-        download_voc(tmp_path, urls=[host.url("/archive")], md5=md5_of(archive))
+        download_voc(tmp_path, urls=[host.url("/archive")], expected=ExpectedFile(md5=md5_of(archive)))
