@@ -44,6 +44,7 @@ class ExpectedFile:
         return {name: value.lower() for name, value in known.items() if value}
 
     def describe(self) -> str:
+        """"1,024 bytes, md5 ..., sha1 ...": what is known, for messages."""
         parts = ([f"{self.size:,} bytes"] if self.size is not None else []) + [
             f"{name} {value}" for name, value in self.digests().items()
         ]
