@@ -33,6 +33,7 @@ from advseg_utils.datasets import (
 from advseg_utils.download import (
     ChecksumError,
     DownloadError,
+    ExpectedFile,
     UnsafeArchiveError,
     download_file,
     download_sbd,
@@ -92,7 +93,7 @@ from advseg_utils.models import (
     imagenet_classifier,
 )
 from advseg_utils.monitoring import DiscriminatorCollapseWarning, DiscriminatorMonitor
-from advseg_utils.prepare import prepare_voc, prepare_voc_aug
+from advseg_utils.prepare import download_camvid, prepare_voc, prepare_voc_aug
 from advseg_utils.pth import UnsafePickleError, read_pth
 from advseg_utils.schedules import ReduceBothLROnPlateau, paper_optimizers, plateau_optimizers, poly_decay
 from advseg_utils.training import AdvSemiSeg, configure_precision, get_strategy

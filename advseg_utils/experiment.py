@@ -356,7 +356,8 @@ def accelerator_report(strategy: tf.distribute.Strategy) -> str:
 
 
 def load_datasets(config: ExperimentConfig) -> tuple[SegDataset, SegDataset]:
-    """The (train, val) datasets the configuration names, downloading VOC and SBD when absent."""
+    """The (train, val) datasets the configuration names, downloading VOC and SBD, or CamVid,
+    when absent."""
     name, root = config.dataset, Path(config.data_dir)
     if name == "sample":
         return sample_dataset("train"), sample_dataset("val")
@@ -370,6 +371,9 @@ def load_datasets(config: ExperimentConfig) -> tuple[SegDataset, SegDataset]:
         voc_root = download_voc(root)
         return voc_dataset(voc_root, "train"), voc_dataset(voc_root, "val")
     if name == "camvid":
+        from advseg_utils.prepare import download_camvid
+
+        download_camvid(root)  # returns at once when train.txt and val.txt are there
         return camvid_dataset(root, "train"), camvid_dataset(root, "val")
     if name == "cityscapes":
         return cityscapes_dataset(root, "train"), cityscapes_dataset(root, "val")
