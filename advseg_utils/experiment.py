@@ -47,7 +47,15 @@ from advseg_utils.datasets import (
     validate_dataset,
     voc_dataset,
 )
-from advseg_utils.file_utils import UnlabeledSources, get_or_create_split, load_img, load_mask, make_split
+from advseg_utils.file_utils import (
+    UnlabeledSources,
+    get_or_create_split,
+    load_img,
+    load_mask,
+    load_unlabeled_sources,
+    make_split,
+    save_split,
+)
 from advseg_utils.inference import Segmenter, evaluate, recalibrate_batchnorm
 from advseg_utils.models import build_discriminator, build_generator
 from advseg_utils.monitoring import DiscriminatorMonitor
@@ -413,8 +421,8 @@ def split_ids(config: ExperimentConfig, train_set: SegDataset) -> tuple[list[str
     """(labeled ids, unlabeled ids) of ``train_set``: every id and none with all labels, else the
     split saved at :attr:`ExperimentConfig.split_path` (written on first use, reused and checked
     afterwards). A semi-supervised run's split file also records its extra unlabeled images
-    (:func:`load_unlabeled`), and is refused when they changed; with ``unlabeled_dirs`` it is
-    written even with all labels. Across workers only the chief writes it; the others draw the
+    (:func:`load_unlabeled`): updated while the run folder holds no checkpoint, refused once
+    one exists and they changed; with ``unlabeled_dirs`` it is written even with all labels. Across workers only the chief writes it; the others draw the
     same split without writing."""
     extra = load_unlabeled(config)
     if config.labeled_fraction == 1 and extra is None:
@@ -431,7 +439,14 @@ def split_ids(config: ExperimentConfig, train_set: SegDataset) -> tuple[list[str
     existed = path.exists()
     if not existed and not is_chief():
         return make_split(list(train_set.ids), config.labeled_fraction, config.seed)
-    labeled, unlabeled = get_or_create_split(path, train_set.ids, config.labeled_fraction, config.seed, sources)
+    # Until the run has a checkpoint there is nothing to resume: the record follows the folders
+    # (a corrupt file named by validate_dataset and then removed, say); afterwards it must match.
+    follow = sources is not None and is_chief() and tf.train.latest_checkpoint(str(config.run_dir)) is None
+    labeled, unlabeled = get_or_create_split(
+        path, train_set.ids, config.labeled_fraction, config.seed, None if follow else sources
+    )
+    if follow and load_unlabeled_sources(path).differences(sources):
+        save_split(path, labeled, unlabeled, fraction=config.labeled_fraction, seed=config.seed, sources=sources)
     more = f" (+ {len(extra)} from {', '.join(config.unlabeled_dirs)})" if extra is not None else ""
     print(f"{'reused' if existed else 'wrote'} the split {path}: {len(labeled)} labeled, {len(unlabeled)}{more} unlabeled images")
     return labeled, unlabeled

@@ -129,11 +129,11 @@ class UnlabeledSources:
             if self.folders and getattr(self, key) != getattr(requested, key)
         ]
         added, gone = sorted(set(requested.ids) - set(self.ids)), sorted(set(self.ids) - set(requested.ids))
-        if added or gone:
-            problems.append(
-                f"the unlabeled folders now hold {len(added)} images it does not list (e.g. {added[:3]}) "
-                f"and lack {len(gone)} it lists (e.g. {gone[:3]})"
-            )
+        changes = ([f"hold {len(added)} images it does not list (e.g. {added[:3]})"] if added else []) + (
+            [f"lack {len(gone)} it lists (e.g. {gone[:3]})"] if gone else []
+        )
+        if changes:
+            problems.append("the unlabeled folders now " + " and ".join(changes))
         elif self.ids != requested.ids:
             problems.append("its extra unlabeled images are listed in another order")
         return problems

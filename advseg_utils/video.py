@@ -70,7 +70,7 @@ def _decode(video: Path, every: int, max_frames: int | None):
                 taken += 1
                 if taken == max_frames:
                     return
-    except (av.FFmpegError, OSError, ValueError) as error:
+    except (av.error.FFmpegError, OSError, ValueError) as error:
         if isinstance(error, DatasetError):
             raise
         raise DatasetError(f"{video}: cannot decode the video, it is corrupt or not a video ({error})") from error

@@ -283,6 +283,8 @@ def test_ten_labeled_images_and_a_folder_of_mixed_unlabeled_ones_train_and_resum
     bad["empty"].write_bytes(b"")
     Image.fromarray(noise(40, 40)).save(bad["truncated"])
     bad["truncated"].write_bytes(bad["truncated"].read_bytes()[:300])
+    train_set, _ = load_datasets(config)
+    split_ids(config, train_set)  # the notebook's order: the split is written before validation
     with pytest.raises(DatasetError, match="3 problems found") as error:
         validate_dataset(load_unlabeled(config))
     for path in bad.values():
@@ -290,10 +292,9 @@ def test_ten_labeled_images_and_a_folder_of_mixed_unlabeled_ones_train_and_resum
     for path in bad.values():
         path.unlink()
 
-    train_set, _ = load_datasets(config)
     extra = validate_dataset(load_unlabeled(config))
     assert len(train_set) == 10 and len(extra) == 8 + 2 * _has_av()
-    labeled_ids, unlabeled_ids = split_ids(config, train_set)
+    labeled_ids, unlabeled_ids = split_ids(config, train_set)  # no checkpoint yet: the record follows
     assert (len(labeled_ids), unlabeled_ids) == (10, [])
     assert load_unlabeled_sources(config.split_path).ids == extra.ids
     batch = next(iter(training_stream(config, train_set, labeled_ids, unlabeled_ids)(0)))
