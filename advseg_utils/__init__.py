@@ -52,6 +52,7 @@ from advseg_utils.experiment import (
     image_to_segment,
     in_colab,
     load_datasets,
+    load_unlabeled,
     network_summary,
     project_dir,
     recalibrate_on_training_crops,
@@ -60,13 +61,16 @@ from advseg_utils.experiment import (
     split_ids,
     train_model,
     training_stream,
+    unlabeled_training_set,
 )
 from advseg_utils.file_utils import (
     DatasetError,
+    UnlabeledSources,
     get_or_create_split,
     load_img,
     load_mask,
     load_split,
+    load_unlabeled_sources,
     make_split,
     mask_name_to_img_name,
     read_list,
@@ -97,6 +101,8 @@ from advseg_utils.prepare import download_camvid, prepare_voc, prepare_voc_aug
 from advseg_utils.pth import UnsafePickleError, read_pth
 from advseg_utils.schedules import ReduceBothLROnPlateau, paper_optimizers, plateau_optimizers, poly_decay
 from advseg_utils.training import AdvSemiSeg, configure_precision, get_strategy
+from advseg_utils.unlabeled import merge_unlabeled, unlabeled_folder_dataset
+from advseg_utils.video import sample_frames
 from advseg_utils.viz import (
     class_legend,
     colorize_mask,

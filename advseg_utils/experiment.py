@@ -7,7 +7,8 @@ notebook in seconds). Each later step is one call, and :func:`run_experiment` ch
 same calls for scripts:
 
 * data: :func:`load_datasets` (fetches PASCAL VOC and SBD when absent), :func:`split_ids`
-  (the labeled/unlabeled split, written to a file and reused), :func:`examples`;
+  (the labeled/unlabeled split, written to a file and reused), :func:`load_unlabeled` (folders
+  of images nobody labeled), :func:`examples`;
 * networks: :func:`build_model` (G, D and the compiled :class:`~advseg_utils.training.AdvSemiSeg`),
   :func:`network_summary`;
 * training: :func:`train_model` (resumable, TensorBoard logs, a loss history that survives
@@ -43,14 +44,24 @@ from advseg_utils.datasets import (
     cityscapes_dataset,
     folder_dataset,
     sample_dataset,
+    validate_dataset,
     voc_dataset,
 )
-from advseg_utils.file_utils import get_or_create_split, load_img, load_mask, make_split
+from advseg_utils.file_utils import (
+    UnlabeledSources,
+    get_or_create_split,
+    load_img,
+    load_mask,
+    load_unlabeled_sources,
+    make_split,
+    save_split,
+)
 from advseg_utils.inference import Segmenter, evaluate, recalibrate_batchnorm
 from advseg_utils.models import build_discriminator, build_generator
 from advseg_utils.monitoring import DiscriminatorMonitor
 from advseg_utils.schedules import paper_optimizers
 from advseg_utils.training import DISCRIMINATOR_INPUTS, AdvSemiSeg, configure_precision, get_strategy
+from advseg_utils.unlabeled import merge_unlabeled, unlabeled_folder_dataset
 from advseg_utils.voc_gen import VOCGen
 
 SMOKE_ENV = "ADVSEG_SMOKE"
@@ -78,7 +89,12 @@ class ExperimentConfig:
     :func:`~advseg_utils.datasets.folder_dataset` (a ``"val"`` entry overrides them for the
     validation set). ``labeled_fraction`` < 1 keeps labels for that share of the training images
     (the split is written to :attr:`split_path` and reused); "baseline" and "adversarial" then
-    train on the labeled share only, "semi" uses the rest without labels. ``validate_decoded``
+    train on the labeled share only, "semi" uses the rest without labels. ``unlabeled_dirs``
+    adds folders of images nobody labeled to "semi"'s unlabeled images (sub-folders included;
+    frames of the videos there too, every ``video_every``-th and at most ``video_max_frames`` per
+    video, :func:`load_unlabeled`); with them, "semi" also runs with ``labeled_fraction=1``, and
+    the split file records them, so a resumed run that finds other images there is refused.
+    ``validate_decoded``
     is how many items :func:`~advseg_utils.datasets.validate_dataset` fully decodes (None: all,
     under a minute for VOC; a corrupt file then fails here, named, rather than mid-training).
     The paper's own generator is ``backbone="resnet101", head="deeplabv2", output_stride=8``.
@@ -105,6 +121,9 @@ class ExperimentConfig:
     folder_options: dict[str, Any] = field(default_factory=dict)
     labeled_fraction: float = 0.125
     split_file: str | None = None
+    unlabeled_dirs: tuple[str, ...] = ()
+    video_every: int = 15
+    video_max_frames: int | None = 300
     crop_size: int = 321
     batch_size: int = 10
     validate_decoded: int | None = None
@@ -147,10 +166,24 @@ class ExperimentConfig:
             raise ValueError(f"dataset={self.dataset!r}; expected one of {DATASETS}")
         if not 0 < self.labeled_fraction <= 1:
             raise ValueError(f"labeled_fraction={self.labeled_fraction}; expected a value in (0, 1]")
-        if self.method == "semi" and self.labeled_fraction == 1:
+        if isinstance(self.unlabeled_dirs, (str, os.PathLike)):  # one folder given bare
+            object.__setattr__(self, "unlabeled_dirs", (self.unlabeled_dirs,))
+        object.__setattr__(self, "unlabeled_dirs", tuple(str(folder) for folder in self.unlabeled_dirs))
+        if self.method == "semi" and self.labeled_fraction == 1 and not self.unlabeled_dirs:
             raise ValueError(
-                "method='semi' needs labeled_fraction < 1 (e.g. 1/8): the images left without labels "
-                "are its unlabeled data; with every label use method='adversarial'"
+                "method='semi' needs unlabeled images: labeled_fraction < 1 (e.g. 1/8), whose images "
+                "left without labels are its unlabeled data, or folders of unlabeled images in "
+                "unlabeled_dirs; with every label and no such folder use method='adversarial'"
+            )
+        if self.unlabeled_dirs and self.method != "semi":
+            raise ValueError(
+                f"unlabeled_dirs={list(self.unlabeled_dirs)} with method={self.method!r}: only method='semi' "
+                "learns from unlabeled images; leave unlabeled_dirs empty or use method='semi'"
+            )
+        if self.video_every < 1 or (self.video_max_frames is not None and self.video_max_frames < 1):
+            raise ValueError(
+                f"video_every={self.video_every}, video_max_frames={self.video_max_frames}; expected "
+                "positive integers (video_max_frames may be None: every sampled frame)"
             )
         if self.discriminator_input not in DISCRIMINATOR_INPUTS:
             raise ValueError(f"discriminator_input={self.discriminator_input!r}; expected one of {DISCRIMINATOR_INPUTS}")
@@ -180,10 +213,18 @@ class ExperimentConfig:
     def split_path(self) -> Path:
         """The split file: ``split_file``, or one per (dataset, fraction, seed) under the project's
         ``data/splits`` (not in ``data_dir``, which may be a read-only dataset folder), so that the
-        baseline, adversarial and semi-supervised runs at one fraction share their labels."""
+        baseline, adversarial and semi-supervised runs at one fraction share their labels. With
+        ``unlabeled_dirs`` its name ends in ``+unlabeled``: the same labels, plus a record of the
+        extra unlabeled images that runs without them do not share."""
         if self.split_file is not None:
             return Path(self.split_file)
-        return project_dir() / "data" / "splits" / f"{self.dataset}_labeled{self.labeled_fraction:g}_seed{self.seed}.txt"
+        extra = "+unlabeled" if self.unlabeled_dirs else ""
+        return project_dir() / "data" / "splits" / f"{self.dataset}_labeled{self.labeled_fraction:g}_seed{self.seed}{extra}.txt"
+
+    @property
+    def video_frames_dir(self) -> Path:
+        """Where frames sampled from videos in ``unlabeled_dirs`` are written, once."""
+        return self.run_dir / "video_frames"
 
     def replace(self, **changes: Any) -> ExperimentConfig:
         """A copy with ``changes`` applied (the dataclass is frozen)."""
@@ -251,7 +292,9 @@ class ExperimentConfig:
         labels = "all labels" if self.labeled_fraction == 1 else f"{self.labeled_fraction:.3g} of the labels"
         generator = f"{self.head} on {self.backbone} ({self.weights or 'random'} weights)"
         return (
-            f"{self.name}: {self.method} training on {self.dataset} with {labels}; G = {generator}"
+            f"{self.name}: {self.method} training on {self.dataset} with {labels}"
+            + (f", plus the unlabeled images of {', '.join(self.unlabeled_dirs)}" if self.unlabeled_dirs else "")
+            + f"; G = {generator}"
             + (f", D = {self.discriminator}" if self.adversarial else "")
             + (f" on G's {self.discriminator_input}" if self.adversarial and self.discriminator_input != "softmax" else "")
             + f"; {self.steps:,} iterations of {self.batch_size} crops of {self.crop_size}x{self.crop_size}"
@@ -383,18 +426,67 @@ def load_datasets(config: ExperimentConfig) -> tuple[SegDataset, SegDataset]:
 
 
 def split_ids(config: ExperimentConfig, train_set: SegDataset) -> tuple[list[str], list[str]]:
-    """(labeled ids, unlabeled ids): every id and none with all labels, else the split saved at
-    :attr:`ExperimentConfig.split_path` (written on first use, reused and checked afterwards).
-    Across workers only the chief writes it; the others draw the same split without writing."""
-    if config.labeled_fraction == 1:
+    """(labeled ids, unlabeled ids) of ``train_set``: every id and none with all labels, else the
+    split saved at :attr:`ExperimentConfig.split_path` (written on first use, reused and checked
+    afterwards). A semi-supervised run's split file also records its extra unlabeled images
+    (:func:`load_unlabeled`): updated while the run folder holds no checkpoint, refused once
+    one exists and they changed; with ``unlabeled_dirs`` it is written even with all labels. Across workers only the chief writes it; the others draw the
+    same split without writing."""
+    extra = load_unlabeled(config)
+    if config.labeled_fraction == 1 and extra is None:
         return list(train_set.ids), []
+    sources = None
+    if config.method == "semi":
+        sources = UnlabeledSources(
+            folders=config.unlabeled_dirs,
+            video_every=config.video_every,
+            video_max_frames=config.video_max_frames,
+            ids=extra.ids if extra is not None else (),
+        )
     path = config.split_path
     existed = path.exists()
     if not existed and not is_chief():
         return make_split(list(train_set.ids), config.labeled_fraction, config.seed)
-    labeled, unlabeled = get_or_create_split(path, train_set.ids, config.labeled_fraction, config.seed)
-    print(f"{'reused' if existed else 'wrote'} the split {path}: {len(labeled)} labeled, {len(unlabeled)} unlabeled images")
+    # Until the run has a checkpoint there is nothing to resume: the record follows the folders
+    # (a corrupt file named by validate_dataset and then removed, say); afterwards it must match.
+    follow = sources is not None and is_chief() and tf.train.latest_checkpoint(str(config.run_dir)) is None
+    labeled, unlabeled = get_or_create_split(
+        path, train_set.ids, config.labeled_fraction, config.seed, None if follow else sources
+    )
+    if follow and load_unlabeled_sources(path).differences(sources):
+        save_split(path, labeled, unlabeled, fraction=config.labeled_fraction, seed=config.seed, sources=sources)
+    more = f" (+ {len(extra)} from {', '.join(config.unlabeled_dirs)})" if extra is not None else ""
+    print(f"{'reused' if existed else 'wrote'} the split {path}: {len(labeled)} labeled, {len(unlabeled)}{more} unlabeled images")
     return labeled, unlabeled
+
+
+def load_unlabeled(config: ExperimentConfig) -> SegDataset | None:
+    """The images of ``config.unlabeled_dirs`` (None without any), frames sampled from their
+    videos included (written once to :attr:`ExperimentConfig.video_frames_dir`):
+    :func:`~advseg_utils.unlabeled.unlabeled_folder_dataset`."""
+    if not config.unlabeled_dirs:
+        return None
+    return unlabeled_folder_dataset(
+        *config.unlabeled_dirs,
+        video_every=config.video_every,
+        video_max_frames=config.video_max_frames,
+        cache_dir=config.video_frames_dir,
+    )
+
+
+def unlabeled_training_set(
+    train_set: SegDataset, unlabeled_ids: Sequence[str], extra: SegDataset | None = None
+) -> SegDataset:
+    """The images the semi-supervised method learns from without labels: ``train_set``'s
+    ``unlabeled_ids``, then the ``extra`` ones (:func:`load_unlabeled`). Their masks come along
+    only when every image has one (then they feed the pseudo-label accuracy logs, no loss)."""
+    parts = ([train_set.subset(unlabeled_ids)] if len(unlabeled_ids) else []) + ([extra] if extra is not None else [])
+    if not parts:
+        raise ValueError(
+            "method='semi' needs unlabeled images: the second list of split_ids(config, train_set), "
+            "or folders of unlabeled images in ExperimentConfig.unlabeled_dirs"
+        )
+    return merge_unlabeled(*parts, name=f"{train_set.name}-unlabeled")
 
 
 def examples(
@@ -476,17 +568,17 @@ def _count(weights) -> int:
 def training_stream(
     config: ExperimentConfig, train_set: SegDataset, labeled_ids: Sequence[str], unlabeled_ids: Sequence[str] = ()
 ) -> Callable[[int], tf.data.Dataset]:
-    """``step -> dataset`` of the method's training batches, positioned at iteration ``step``."""
+    """``step -> dataset`` of the method's training batches, positioned at iteration ``step``;
+    the semi-supervised method's unlabeled images are :func:`unlabeled_training_set`'s."""
     data = VOCGen(train_set, crop_size=(config.crop_size, config.crop_size), batch_size=config.batch_size, seed=config.seed)
     if config.method == "baseline":
         return lambda step: data.train(step, ids=labeled_ids)
     if config.method == "adversarial":
         return lambda step: data.adversarial(step, ids=labeled_ids)
-    if not unlabeled_ids:
-        raise ValueError("method='semi' needs unlabeled ids: pass the second list of split_ids(config, train_set)")
-    # The unlabeled images' true labels, where the dataset has them, feed the pseudo-label
+    unlabeled = unlabeled_training_set(train_set, unlabeled_ids, load_unlabeled(config))
+    # The unlabeled images' true labels, where every one has them, feed the pseudo-label
     # accuracy logs only (AdvSemiSeg's pseudo_acc_all / pseudo_acc_kept), never a loss.
-    return lambda step: data.semi_supervised(labeled_ids, unlabeled_ids, step, unlabeled_labels=train_set.labeled)
+    return lambda step: data.semi_supervised(labeled_ids, unlabeled, step, unlabeled_labels=unlabeled.labeled)
 
 
 def train_model(
@@ -582,11 +674,16 @@ def run_experiment(
 
     Returns a JSON-ready dict: the configuration, the iteration reached, the last value of
     every logged loss, the history, and the evaluation on the validation set (mean IoU, pixel
-    accuracy, per-class IoU). Resumes from ``config.run_dir`` like the notebooks do.
+    accuracy, per-class IoU). Resumes from ``config.run_dir`` like the notebooks do. The extra
+    unlabeled images of ``config.unlabeled_dirs`` are validated first (a file that cannot be
+    decoded is named before training).
     """
     strategy = strategy or get_strategy()
     train_set, val_set = load_datasets(config)
     labeled_ids, unlabeled_ids = split_ids(config, train_set)
+    extra = load_unlabeled(config)
+    if extra is not None:
+        validate_dataset(extra, max_decoded=config.validate_decoded)
     model = build_model(config, train_set, strategy)
     history = train_model(model, config, train_set, labeled_ids, unlabeled_ids, val_set, verbose=verbose)
     result = evaluate(Segmenter(model.generator), val_set, progress=bool(verbose))
@@ -595,6 +692,7 @@ def run_experiment(
         "iteration": int(model.iteration.numpy()),
         "labeled_images": len(labeled_ids),
         "unlabeled_images": len(unlabeled_ids),
+        "extra_unlabeled_images": len(extra) if extra is not None else 0,
         "final_logs": {name: values[-1] for name, values in history.items()},
         "history": history,
         **result.as_dict(),

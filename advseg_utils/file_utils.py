@@ -10,6 +10,7 @@ import hashlib
 import io
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -20,6 +21,8 @@ PathLike = str | os.PathLike
 
 #: Mask modes whose pixel values are class indices (palette PNGs, 8/16-bit grey PNGs, 1-bit).
 _INDEX_MODES = ("P", "L", "I", "I;16", "1")
+#: PIL modes of grey images deeper than 8 bits (PIL opens a 16-bit grey PNG as one of these).
+_WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I")
 
 
 class DatasetError(ValueError):
@@ -27,8 +30,17 @@ class DatasetError(ValueError):
 
 
 def load_img(path: PathLike) -> np.ndarray:
-    """Read an image as uint8 RGB [H, W, 3], converting grey, palette, RGBA and CMYK images."""
-    return np.asarray(_open_image(path).convert("RGB"), dtype=np.uint8)
+    """Read an image as uint8 RGB [H, W, 3], converting grey, palette, RGBA and CMYK images.
+
+    Alpha is dropped (the colours under transparent pixels are kept, not composited), 16-bit
+    images keep their high byte and EXIF orientation is not applied: the pixels TensorFlow's
+    decoders give, so that training crops (:mod:`advseg_utils.voc_gen`) match this function.
+    """
+    image = _open_image(path)
+    if image.mode in _WIDE_GREY_MODES:  # PIL's own conversion would clip 16-bit values at 255
+        grey = (np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 def load_mask(path: PathLike, label_remap: Mapping[int, int] | None = None) -> np.ndarray:
@@ -97,20 +109,61 @@ def make_split(names: Iterable[str], fraction: float, seed: int) -> tuple[list[s
     return sorted(ranked[:num_labeled]), sorted(ranked[num_labeled:])
 
 
+@dataclass(frozen=True)
+class UnlabeledSources:
+    """Where a semi-supervised run's extra unlabeled images come from, as its split file records
+    them: the folders as given, the video sampling, and the images' ids (frames included)."""
+
+    folders: tuple[str, ...] = ()
+    video_every: int | None = None
+    video_max_frames: int | None = None
+    ids: tuple[str, ...] = ()
+
+    def differences(self, requested: UnlabeledSources) -> list[str]:
+        """What differs between these recorded sources and the ``requested`` ones, in words."""
+        if self.folders != requested.folders:
+            return [f"it was made with unlabeled folders {list(self.folders)}, not {list(requested.folders)}"]
+        problems = [
+            f"it was made with {key}={getattr(self, key)}, not {key}={getattr(requested, key)}"
+            for key in ("video_every", "video_max_frames")
+            if self.folders and getattr(self, key) != getattr(requested, key)
+        ]
+        added, gone = sorted(set(requested.ids) - set(self.ids)), sorted(set(self.ids) - set(requested.ids))
+        changes = ([f"hold {len(added)} images it does not list (e.g. {added[:3]})"] if added else []) + (
+            [f"lack {len(gone)} it lists (e.g. {gone[:3]})"] if gone else []
+        )
+        if changes:
+            problems.append("the unlabeled folders now " + " and ".join(changes))
+        elif self.ids != requested.ids:
+            problems.append("its extra unlabeled images are listed in another order")
+        return problems
+
+
 def save_split(
     path: PathLike,
     labeled: Iterable[str],
     unlabeled: Iterable[str],
     fraction: float | None = None,
     seed: int | None = None,
+    sources: UnlabeledSources | None = None,
 ) -> None:
     """Write a split as a text file: a ``#`` header (fraction, seed, counts), then one line per name
-    under ``[labeled]`` and ``[unlabeled]``."""
+    under ``[labeled]`` and ``[unlabeled]``; with extra unlabeled ``sources`` (that have folders),
+    also the video settings in the header and sections ``[unlabeled folders]`` and
+    ``[extra unlabeled]`` (files without them, as written before, still load)."""
     labeled, unlabeled = list(labeled), list(unlabeled)
     header = {"fraction": fraction, "seed": seed, "labeled": len(labeled), "unlabeled": len(unlabeled)}
+    if sources is not None and sources.folders:
+        header |= {
+            "extra unlabeled": len(sources.ids),
+            "video_every": sources.video_every,
+            "video_max_frames": sources.video_max_frames or "all",
+        }
     lines = ["# advseg labeled/unlabeled split"]
     lines += [f"# {key}: {value}" for key, value in header.items() if value is not None]
     lines += ["[labeled]", *labeled, "[unlabeled]", *unlabeled]
+    if sources is not None and sources.folders:
+        lines += ["[unlabeled folders]", *sources.folders, "[extra unlabeled]", *sources.ids]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")  # other workers may be reading the split
@@ -120,24 +173,37 @@ def save_split(
 
 def load_split(path: PathLike) -> tuple[list[str], list[str]]:
     """Read a split written by :func:`save_split` as (labeled, unlabeled)."""
-    labeled, unlabeled, _ = _read_split_file(path)
-    return labeled, unlabeled
+    sections, _ = _read_split_file(path)
+    return sections["labeled"], sections.get("unlabeled", [])
+
+
+def load_unlabeled_sources(path: PathLike) -> UnlabeledSources:
+    """The extra unlabeled sources a split file records (none for a file written without them)."""
+    sections, header = _read_split_file(path)
+    return _recorded_sources(sections, header)
 
 
 def get_or_create_split(
-    path: PathLike, names: Iterable[str], fraction: float, seed: int
+    path: PathLike,
+    names: Iterable[str],
+    fraction: float,
+    seed: int,
+    sources: UnlabeledSources | None = None,
 ) -> tuple[list[str], list[str]]:
     """Reuse the split saved at ``path``, or make and save it if the file does not exist.
 
-    An existing file must have been made from the same names, fraction and seed; if not, a
-    DatasetError says what differs rather than silently training on another split.
+    An existing file must have been made from the same names, fraction and seed, and, when
+    ``sources`` are given (a semi-supervised run), from the same extra unlabeled sources: the
+    same folders, video settings and images (no sources at all, for a run without them). If
+    not, a DatasetError says what differs rather than silently training on other data.
     """
     names = list(names)
     if not Path(path).exists():
         labeled, unlabeled = make_split(names, fraction, seed)
-        save_split(path, labeled, unlabeled, fraction=fraction, seed=seed)
+        save_split(path, labeled, unlabeled, fraction=fraction, seed=seed, sources=sources)
         return labeled, unlabeled
-    labeled, unlabeled, header = _read_split_file(path)
+    sections, header = _read_split_file(path)
+    labeled, unlabeled = sections["labeled"], sections.get("unlabeled", [])
     problems = [
         f"it was made with {key}={header[key]}, not {key}={requested}"
         for key, requested in (("fraction", fraction), ("seed", seed))
@@ -145,6 +211,8 @@ def get_or_create_split(
     ]
     if set(labeled) | set(unlabeled) != set(names):
         problems.append("its names differ from the dataset's list")
+    if sources is not None:
+        problems += _recorded_sources(sections, header).differences(sources)
     if problems:
         raise DatasetError(
             f"{path}: existing split does not match the request: {'; '.join(problems)}. "
@@ -224,8 +292,24 @@ def _read_lines(path: PathLike) -> list[str]:
     return Path(path).read_text().splitlines()
 
 
-def _read_split_file(path: PathLike) -> tuple[list[str], list[str], dict[str, str]]:
-    """Parse a split file into (labeled, unlabeled, header entries)."""
+def _recorded_sources(sections: dict[str, list[str]], header: dict[str, str]) -> UnlabeledSources:
+    if not sections.get("unlabeled folders"):
+        return UnlabeledSources()
+
+    def number(key: str) -> int | None:
+        value = header.get(key, "all")
+        return None if value in ("all", "None") else int(value)
+
+    return UnlabeledSources(
+        folders=tuple(sections["unlabeled folders"]),
+        video_every=number("video_every"),
+        video_max_frames=number("video_max_frames"),
+        ids=tuple(sections.get("extra unlabeled", [])),
+    )
+
+
+def _read_split_file(path: PathLike) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Parse a split file into (its sections' lines by section name, header entries)."""
     sections: dict[str, list[str]] = {}
     header: dict[str, str] = {}
     current = None
@@ -243,4 +327,4 @@ def _read_split_file(path: PathLike) -> tuple[list[str], list[str], dict[str, st
             current.append(line)
     if "labeled" not in sections:
         raise DatasetError(f"{path}: not a split file; expected a [labeled] section")
-    return sections["labeled"], sections.get("unlabeled", []), header
+    return sections, header

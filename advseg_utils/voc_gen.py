@@ -14,12 +14,13 @@ random ops only. Batch ``k`` is therefore a pure function of ``(seed, k)``, and
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Sequence
 
 import tensorflow as tf
 
 from advseg_utils.datasets import SegDataset, check_files_exist
-from advseg_utils.file_utils import DatasetError, load_mask
+from advseg_utils.file_utils import DatasetError, load_img, load_mask
 
 IMAGENET_MEAN_RGB = (123.68, 116.78, 103.94)
 _RNG = "philox"  # named rather than auto-selected, so streams do not depend on the device
@@ -86,19 +87,28 @@ class VOCGen:
     def semi_supervised(
         self,
         labeled_ids: Sequence[str],
-        unlabeled_ids: Sequence[str],
+        unlabeled: Sequence[str] | SegDataset,
         start_step: int = 0,
         unlabeled_labels: bool = False,
     ) -> tf.data.Dataset:
         """Batches ``{"image", "label", "unlabeled_image", "d_label"}`` for semi-supervised training.
 
+        ``unlabeled`` is a list of this dataset's ids, or a dataset of its own: folders of images
+        nobody labeled (:func:`~advseg_utils.unlabeled.unlabeled_folder_dataset`), possibly
+        merged with this dataset's unused share (:func:`~advseg_utils.unlabeled.merge_unlabeled`).
         ``unlabeled_labels=True`` adds ``"unlabeled_label"``, the true labels of the unlabeled crops
         (same crops, same images: the augmentation does not depend on it), for diagnostics only:
-        how right the pseudo-labels are. It needs a dataset with masks.
+        how right the pseudo-labels are. It needs unlabeled images that all have masks.
         """
         labeled = self._labeled(labeled_ids)
         unlabeled_keys = ("image", "label") if unlabeled_labels else ("image",)
-        unlabeled_set = self._labeled(unlabeled_ids) if unlabeled_labels else self._subset(unlabeled_ids)
+        if isinstance(unlabeled, SegDataset):
+            check_files_exist(unlabeled)
+            if unlabeled_labels and not unlabeled.labeled:
+                raise DatasetError(f"{unlabeled.name}: unlabeled_labels=True needs unlabeled images with masks")
+            unlabeled_set = unlabeled
+        else:
+            unlabeled_set = self._labeled(unlabeled) if unlabeled_labels else self._subset(unlabeled)
         streams = (
             self._stream(labeled, _Stream.LABELED, start_step, keys=("image", "label")),
             self._stream(unlabeled_set, _Stream.UNLABELED, start_step, keys=unlabeled_keys),
@@ -189,9 +199,7 @@ class VOCGen:
         """Read the image (uint8 [H, W, 3]) and/or mask (uint8 [H, W]) named in ``files``."""
         example = {}
         if "image" in files:
-            example["image"] = tf.io.decode_image(
-                tf.io.read_file(files["image"]), channels=3, expand_animations=False
-            )
+            example["image"] = _decode_image(files["image"])
         if "label" in files:
             # Through PIL: TensorFlow's PNG decoder would turn a palette mask's indices into colours.
             label = tf.numpy_function(
@@ -275,6 +283,37 @@ def _image_fill(pad_image_value: str | float | Sequence[float]) -> tuple[float, 
             f"pad_image_value must be 'mean', a number or an RGB triple, got {pad_image_value!r}"
         )
     return tuple(float(value) for value in pad_image_value)
+
+
+#: The first bytes of the formats TensorFlow decodes to exactly the pixels of ``load_img``.
+_TF_DECODED_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")
+
+
+def _decode_image(path: tf.Tensor) -> tf.Tensor:
+    """The image at ``path`` as uint8 RGB [H, W, 3], the pixels :func:`load_img` gives.
+
+    JPEG, PNG, GIF and BMP (recognised by their first bytes, whatever the file's suffix) go
+    through TensorFlow's decoders, JPEG with the accurate integer IDCT that PIL uses too (the
+    default fast one differs by a few levels); both drop alpha and keep a 16-bit value's high
+    byte. Any other format PIL reads (TIFF, WebP, ...) goes through ``load_img`` itself.
+    """
+    contents = tf.io.read_file(path)
+    head = tf.strings.substr(contents, 0, 4)
+    native = tf.reduce_any(
+        [tf.strings.substr(head, 0, len(sig)) == sig for sig in _TF_DECODED_SIGNATURES]
+    )
+
+    def with_tensorflow() -> tf.Tensor:
+        return tf.cond(
+            tf.io.is_jpeg(contents),
+            lambda: tf.io.decode_jpeg(contents, channels=3, dct_method="INTEGER_ACCURATE"),
+            lambda: tf.io.decode_image(contents, channels=3, expand_animations=False),
+        )
+
+    def with_pil() -> tf.Tensor:
+        return tf.numpy_function(lambda file: load_img(os.fsdecode(file)), [path], tf.uint8)
+
+    return tf.ensure_shape(tf.cond(native, with_tensorflow, with_pil), [None, None, 3])
 
 
 def _file_table(dataset: SegDataset, keys: tuple[str, ...]) -> dict[str, tf.Tensor]:
