@@ -60,6 +60,7 @@ from advseg_utils.experiment import (
     train_model,
     training_stream,
 )
+from advseg_utils.export import export_generator
 from advseg_utils.file_utils import (
     DatasetError,
     get_or_create_split,
@@ -72,7 +73,7 @@ from advseg_utils.file_utils import (
     read_pair_list,
     save_split,
 )
-from advseg_utils.inference import EvaluationResult, Prediction, Segmenter, evaluate, recalibrate_batchnorm
+from advseg_utils.inference import EvaluationResult, Prediction, Segmenter, evaluate, recalibrate_batchnorm, segment
 from advseg_utils.metrics import (
     ConfusionMatrix,
     MeanIoU,
