@@ -69,7 +69,7 @@ def export_generator(
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as scratch:
         partial = Path(scratch) / path.name
         if format == "saved_model":
-            _write_saved_model(generator, partial, _any_rank_serving(generator), tf.TensorSpec(None, tf.uint8, name="images"))
+            _write_saved_model(partial, _any_rank_serving(generator), tf.TensorSpec(None, tf.uint8, name="images"))
         elif format == "onnx":
             _write_onnx(generator, partial)
         else:
@@ -137,9 +137,11 @@ def _any_rank_serving(generator: keras.Model):
     return serve
 
 
-def _write_saved_model(generator: keras.Model, path: Path, serve, spec: tf.TensorSpec) -> None:
-    archive = keras.export.ExportArchive()  # tracks Keras 3 variables so that converters freeze them
-    archive.track(generator)
+def _write_saved_model(path: Path, serve, spec: tf.TensorSpec) -> None:
+    """A SavedModel with one signature. Keras's ExportArchive saves the variables the endpoint
+    reads, so that converters can freeze them (a plain tf.Module's are not; ``archive.track(G)``
+    would save every weight a second time)."""
+    archive = keras.export.ExportArchive()
     archive.add_endpoint(SIGNATURE, serve, input_signature=[spec])
     archive.write_out(str(path), verbose=False)
 
@@ -147,7 +149,7 @@ def _write_saved_model(generator: keras.Model, path: Path, serve, spec: tf.Tenso
 def _tflite(generator: keras.Model, scratch: Path, input_size: tuple[int, int] | None, calibration) -> bytes:
     """The TFLite flatbuffer, float32, or int8 when ``calibration`` (a batch iterator) is given."""
     height, width = input_size or (None, None)
-    _write_saved_model(generator, scratch, _batch_serving(generator), tf.TensorSpec([1, height, width, 3], tf.uint8, name="images"))
+    _write_saved_model(scratch, _batch_serving(generator), tf.TensorSpec([1, height, width, 3], tf.uint8, name="images"))
     converter = tf.lite.TFLiteConverter.from_saved_model(str(scratch), signature_keys=[SIGNATURE])
     if calibration is not None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -22,8 +22,9 @@ from advseg_utils.models import build_generator
 PHOTOS = sorted((Path(__file__).parent / "fixtures" / "photos").glob("*.jpg"))
 CROP = (80, 96)  # fits every sample image
 FLOAT_AGREEMENT, FLOAT_PROBABILITY_TOLERANCE = 0.999, 1e-4
-# int8, mean over each set of images (measured: sample val 0.99, photos 0.95; the photos are far
-# from the synthetic calibration images, so their activations leave the calibrated ranges).
+# int8, mean over each set of images (measured: sample val 0.997, photos 0.981; 0.988 and 0.952
+# with another fine-tuning run). The photos are far from the synthetic calibration images, so
+# their activations leave the calibrated ranges more often.
 INT8_AGREEMENT = {"sample": 0.97, "photos": 0.90}
 EXTENSIONS = {"saved_model": "", "tflite": ".tflite", "tflite_int8": ".tflite", "onnx": ".onnx"}
 
@@ -134,6 +135,8 @@ def test_int8_tflite_is_integer_and_agrees_with_the_keras_model(generator, expor
 
 
 def test_saved_model_takes_one_image_or_a_batch_and_rejects_other_shapes(generator, exports, image_sets):
+    saved = tf.train.list_variables(str(exports["saved_model"] / "variables" / "variables"))
+    assert len([name for name, _ in saved if name.endswith("VARIABLE_VALUE")]) == len(generator.weights)  # each once
     serve = tf.saved_model.load(str(exports["saved_model"])).signatures["serving_default"]
     first = image_sets["photos"][0]
     second = first[:, ::-1]  # a batch holds images of one size
