@@ -63,6 +63,7 @@ from advseg_utils.experiment import (
     training_stream,
     unlabeled_training_set,
 )
+from advseg_utils.export import export_generator
 from advseg_utils.file_utils import (
     DatasetError,
     UnlabeledSources,
@@ -77,7 +78,7 @@ from advseg_utils.file_utils import (
     read_pair_list,
     save_split,
 )
-from advseg_utils.inference import EvaluationResult, Prediction, Segmenter, evaluate, recalibrate_batchnorm
+from advseg_utils.inference import EvaluationResult, Prediction, Segmenter, evaluate, recalibrate_batchnorm, segment
 from advseg_utils.metrics import (
     ConfusionMatrix,
     MeanIoU,

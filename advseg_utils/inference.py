@@ -66,13 +66,24 @@ class Segmenter:
         return Prediction(list(labels), list(confidence))
 
     def _labels_graph(self, images):
-        logits = self.generator(images, training=False)
-        return tf.cast(tf.argmax(logits, axis=-1), tf.uint8)
+        return segment(self.generator, images)[0]
 
     def _confidence_graph(self, images):
-        probabilities = tf.nn.softmax(tf.cast(self.generator(images, training=False), tf.float32))
+        labels, probabilities = segment(self.generator, images)
         d_logits = tf.cast(self.discriminator(probabilities, training=False), tf.float32)
-        return tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8), tf.sigmoid(d_logits[..., 0])
+        return labels, tf.sigmoid(d_logits[..., 0])
+
+
+def segment(generator: keras.Model, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """G on a batch of RGB images [B, H, W, 3] in 0..255 of any size and numeric dtype (uint8
+    too): (labels uint8 [B, H, W], softmax probabilities float32 [B, H, W, C]).
+
+    The one path from images to predictions, shared by :class:`Segmenter` and the exported
+    models (:mod:`advseg_utils.export`). G itself preprocesses, pads ("same" convolutions) and
+    resizes its logits back to the input's size, so nothing else is needed.
+    """
+    logits = tf.cast(generator(tf.cast(images, tf.float32), training=False), tf.float32)
+    return tf.cast(tf.argmax(logits, axis=-1), tf.uint8), tf.nn.softmax(logits)
 
 
 def _as_batch(image) -> tf.Tensor:

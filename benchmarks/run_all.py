@@ -1,5 +1,5 @@
 """Every benchmark in one go: input pipeline, training step, evaluation, peak memory of a smoke
-training run, and the CamVid quality tables.
+training run, G's exported formats, and the CamVid quality tables.
 
 Prints the date and the machine, then each benchmark's figures as it finishes, and writes them
 all to ``benchmarks/results/run_all.json`` (``run_all_quick.json`` with ``--quick``). The quality
@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import bench_eval
+import bench_export
 import bench_memory
 import bench_pipeline
 import bench_train
@@ -44,6 +45,7 @@ def benchmarks(quick: bool, gpu: bool) -> dict[str, Callable[[], dict]]:
         "train": lambda: bench_train.run(quick, gpu),
         "eval": lambda: bench_eval.run(quick),
         "memory": lambda: bench_memory.run(quick),
+        "export": lambda: bench_export.run(quick),
     }
 
 

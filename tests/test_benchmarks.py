@@ -428,6 +428,7 @@ def fake_benchmarks(monkeypatch):
     monkeypatch.setattr(run_all.bench_pipeline, "run", lambda quick: record("pipeline", quick))
     monkeypatch.setattr(run_all.bench_eval, "run", lambda quick: record("eval", quick))
     monkeypatch.setattr(run_all.bench_memory, "run", lambda quick: record("memory", quick))
+    monkeypatch.setattr(run_all.bench_export, "run", lambda quick: record("export", quick))
     monkeypatch.setattr(run_all.bench_train, "run", train)
     monkeypatch.setattr(run_all.quality_camvid, "main", lambda argv: record("quality_runs", argv))
     monkeypatch.setattr(run_all.camvid_report, "kept_reports", lambda: "TABLE")
@@ -438,6 +439,7 @@ def fake_benchmarks(monkeypatch):
 def test_run_all_quick_runs_every_benchmark_and_only_tabulates_quality(fake_benchmarks, capsys):
     assert run_all.main(["--quick"]) == 0
     assert fake_benchmarks["pipeline"] is True and fake_benchmarks["eval"] is True and fake_benchmarks["memory"] is True
+    assert fake_benchmarks["export"] is True
     assert fake_benchmarks["train"] == (True, False)
     assert "quality_runs" not in fake_benchmarks  # no training without --quality
     name, record = fake_benchmarks["written"]
