@@ -4,7 +4,7 @@ Everything a notebook needs is importable from here directly. Importing the pack
 registers the custom Keras layers, so ``keras.saving.load_model`` can read a saved generator,
 and imports TensorFlow without its C++ start-up messages (see :mod:`advseg_utils.quiet_import`).
 """
-from advseg_utils.quiet_import import import_tensorflow_quietly
+from advseg_utils.quiet_import import import_tensorflow_quietly, tensorflow_quietly
 
 import_tensorflow_quietly()
 

@@ -35,6 +35,7 @@ import tensorflow as tf
 from advseg_utils.datasets import SegDataset
 from advseg_utils.file_utils import load_img
 from advseg_utils.inference import segment
+from advseg_utils.quiet_import import tensorflow_quietly
 
 FORMATS = ("saved_model", "tflite", "tflite_int8", "onnx")
 SIGNATURE = "serving_default"
@@ -66,7 +67,9 @@ def export_generator(
     generator = float32_copy(generator)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as scratch:
+    # The SavedModel writer and the converters log INFO lines (to Python's logger and to file
+    # descriptor 2) that would fill a notebook cell; they are shown only if the export fails.
+    with tensorflow_quietly(), tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as scratch:
         partial = Path(scratch) / path.name
         if format == "saved_model":
             _write_saved_model(partial, _any_rank_serving(generator), tf.TensorSpec(None, tf.uint8, name="images"))

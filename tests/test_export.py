@@ -7,6 +7,7 @@ and compared, image by image, with G called directly, on the real photos in fixt
 the sample val images. Tolerances: float formats >= 99.9 % of the pixels with G's label and
 probabilities within 1e-4 (measured: 100 %, within 4e-6); int8 see below.
 """
+import logging
 from pathlib import Path
 
 import keras
@@ -224,3 +225,14 @@ def test_a_mixed_precision_generator_is_exported_from_a_float32_copy():
         np.testing.assert_array_equal(ours, theirs)
     float32_model = build_generator(5, "efficientnet_lite0", weights=None)
     assert float32_copy(float32_model) is float32_model
+
+
+def test_exporting_prints_nothing_into_the_cell(tmp_path, capfd, monkeypatch):
+    inputs = keras.Input((None, None, 3))
+    tiny = keras.Model(inputs, keras.layers.Conv2D(3, 1)(inputs))
+    capfd.readouterr()  # TensorFlow's runtime start-up (cuInit on a machine without a GPU) is not the export's
+    monkeypatch.setattr(logging.getLogger("tensorflow"), "level", logging.INFO)  # as in a notebook kernel
+    export_generator(tiny, tmp_path / "tiny_saved_model", "saved_model")
+    export_generator(tiny, tmp_path / "tiny.tflite", "tflite_int8", calibration_images=[np.zeros((8, 8, 3), np.uint8)])
+    captured = capfd.readouterr()
+    assert captured.err == "" and "Assets written" not in captured.out, captured

@@ -33,3 +33,24 @@ def test_a_failing_tensorflow_import_shows_what_it_printed(tmp_path):
     assert done.returncode != 0
     assert "libcudart.so: cannot open shared object file" in done.stderr  # the captured output, replayed
     assert "ImportError: broken tensorflow" in done.stderr
+
+
+def test_tensorflow_quietly_hides_what_a_block_prints_and_replays_it_when_the_block_fails(capfd):
+    import logging
+
+    import pytest
+
+    from advseg_utils.quiet_import import tensorflow_quietly
+
+    tf_logger = logging.getLogger("tensorflow")
+    tf_logger.setLevel(logging.INFO)
+    with tensorflow_quietly():
+        os.write(2, b"I0000 00:00:1.0 converter.cc:1] fully_quantize: 0\n")
+        logging.getLogger("tensorflow").info("Assets written to: somewhere")
+    assert capfd.readouterr().err == ""
+    assert tf_logger.level == logging.INFO  # restored after the block
+    with pytest.raises(RuntimeError, match="conversion failed"):
+        with tensorflow_quietly():
+            os.write(2, b"the converter's own explanation\n")
+            raise RuntimeError("conversion failed")
+    assert "the converter's own explanation" in capfd.readouterr().err
