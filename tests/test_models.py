@@ -16,6 +16,7 @@ from advseg_utils.models import (
     build_generator,
     head_variables,
 )
+from advseg_utils.models.backbones import _atrous
 
 NUM_CLASSES = 21
 
@@ -100,6 +101,50 @@ def test_atrous_backbone_computes_the_original_network_on_a_denser_grid(
     dense = atrous(x)[1].numpy()
     assert dense.shape[1] > expected.shape[1]
     np.testing.assert_allclose(dense[:, offset::step, offset::step], expected, atol=1e-5 * np.abs(expected).max())
+
+
+def test_atrous_walk_crosses_operations_that_are_not_layers():
+    """Keras 3.8 and 3.9 put cast operations between the layers of a mixed-precision network;
+    here a keras.ops operation sits in the same place. Hand-computed for output stride 2: "down"
+    (input stride 2) keeps its input's grid, same-padded instead of its ZeroPadding2D; "after"
+    reads a map that lost stride 2, so it is dilated by 2."""
+    image = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same", name="stem")(image)
+    x = keras.layers.ZeroPadding2D(1, name="pad")(keras.ops.relu(x))
+    down = keras.layers.Conv2D(4, 3, strides=2, padding="valid", name="down")(x)
+    after = keras.layers.Conv2D(4, 3, padding="same", name="after")(down)
+    atrous = _atrous(keras.Model(image, [down, after]), output_stride=2)
+    table = {
+        layer.name: (layer.strides, layer.dilation_rate, layer.padding)
+        for layer in atrous.layers
+        if isinstance(layer, keras.layers.Conv2D)
+    }
+    assert table == {
+        "stem": ((2, 2), (1, 1), "same"),
+        "down": ((1, 1), (1, 1), "same"),
+        "after": ((1, 1), (2, 2), "same"),
+    }
+    assert atrous.get_layer("pad").padding == ((0, 0), (0, 0))
+    assert atrous(np.zeros((1, 8, 8, 3), "float32"))[1].shape == (1, 4, 4, 4)
+
+
+def test_mixed_precision_generator_is_atrous_like_the_hand_computed_table():
+    """MobileNetV2 at output stride 8 (its depthwise convolutions, stride 2 in blocks 1, 3, 6
+    and 13): stride 1 from block 6 on, dilated by 2 in blocks 7-13 and by 4 in blocks 14-16."""
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        backbone = build_generator(NUM_CLASSES, "mobilenet_v2", weights=None, output_stride=8).get_layer("backbone")
+    finally:
+        keras.config.set_dtype_policy("float32")
+    table = {
+        block: (backbone.get_layer(f"block_{block}_depthwise").strides[0],
+                backbone.get_layer(f"block_{block}_depthwise").dilation_rate[0])
+        for block in range(1, 17)
+    }
+    expected = {block: (2 if block in (1, 3) else 1, 1 if block <= 6 else 2 if block <= 13 else 4) for block in table}
+    assert table == expected
+    assert [backbone.get_layer(f"block_{b}_pad").padding for b in (6, 13)] == [((0, 0), (0, 0))] * 2
+    assert backbone.get_layer("block_16_depthwise").compute_dtype == "float16"
 
 
 def test_xception_refuses_output_stride_8():
