@@ -18,6 +18,9 @@ import importlib.util
 import json
 import math
 import os
+import shutil
+import tempfile
+import zipfile
 from collections.abc import Callable, Iterable
 
 import keras
@@ -47,19 +50,55 @@ def restore_latest(model: AdvSemiSeg, checkpoint_dir: str) -> int:
 def save_generator(generator: keras.Model, filepath: str) -> None:
     """Saves ``generator`` as a ``.keras`` file atomically (a temporary file, then a rename):
     a reader never sees a half-written file. A failed save (a full disk) removes the temporary
-    file and raises an ``OSError`` naming ``filepath``, whose previous version is untouched."""
+    file and raises an ``OSError`` naming ``filepath``, whose previous version is untouched.
+    A generator with one input reloads with one input on every Keras version (see
+    :func:`_single_input_saved_as_such`)."""
     if not filepath.endswith(".keras"):
         raise ValueError(f"generator file {filepath!r} must end with '.keras'")
     partial = filepath[: -len(".keras")] + ".partial.keras"  # Keras insists on the extension
+    rewritten = partial + ".rewritten"
     try:
         generator.save(partial)
+        _single_input_saved_as_such(generator, partial, rewritten)
         tf.io.gfile.rename(partial, filepath, overwrite=True)
     except (OSError, tf.errors.OpError) as error:
-        if tf.io.gfile.exists(partial):
-            tf.io.gfile.remove(partial)  # frees the space a full disk needs
+        for temporary in (partial, rewritten):
+            if tf.io.gfile.exists(temporary):
+                tf.io.gfile.remove(temporary)  # frees the space a full disk needs
         raise OSError(
             f"cannot save the generator to {filepath!r} ({error}); the file there, if any, is unchanged"
         ) from error
+
+
+def _single_input_saved_as_such(model: keras.Model, keras_file: str, scratch: str) -> None:
+    """Rewrites ``keras_file`` so that ``model``'s single input is saved as one input.
+
+    Keras up to 3.10 saves a model built on one input tensor with a list of one input; the
+    reloaded model then expects ``[image]`` and Keras 3.10 warns "The structure of `inputs`
+    doesn't match the expected structure" whenever it is called on one array. Later versions
+    save the single input as such, and then nothing is rewritten. ``scratch``: a path for the
+    rewritten archive, which then replaces ``keras_file``.
+    """
+    if not isinstance(model.input, keras.KerasTensor):
+        return
+    with tf.io.gfile.GFile(keras_file, "rb") as source, zipfile.ZipFile(source) as archive:
+        config = json.loads(archive.read("config.json"))
+        inputs = config["config"]["input_layers"]
+        if not (len(inputs) == 1 and isinstance(inputs[0], list)):
+            return
+        config["config"]["input_layers"] = inputs[0]
+        with tempfile.TemporaryFile() as local:  # zipfile writes seekable files; GFile's are not
+            with zipfile.ZipFile(local, "w") as rewritten:
+                for entry in archive.infolist():
+                    if entry.filename == "config.json":
+                        rewritten.writestr(entry, json.dumps(config))
+                        continue
+                    with archive.open(entry) as data, rewritten.open(entry, "w") as copy:
+                        shutil.copyfileobj(data, copy, 1 << 20)
+            local.seek(0)
+            with tf.io.gfile.GFile(scratch, "wb") as target:
+                shutil.copyfileobj(local, target, 1 << 20)
+    tf.io.gfile.rename(scratch, keras_file, overwrite=True)
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):

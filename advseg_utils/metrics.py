@@ -21,6 +21,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from advseg_utils.losses import replica_sum
+
 # --- the shared maths (tensors in, tensors out; graph-safe) ----------------------------------
 
 
@@ -146,6 +148,24 @@ class ConfusionMatrix:
 
 
 @keras.saving.register_keras_serializable(package="advseg")
+class GlobalMean(keras.metrics.Mean):
+    """``keras.metrics.Mean`` of values that are already global (identical on every replica, as
+    :func:`advseg_utils.losses.replica_sum` makes them): each update counts once, however many
+    replicas make it.
+
+    Keras's own metric variables sum the replicas' updates, which Keras 3.8 and 3.9 get wrong
+    under a ``MirroredStrategy``: their ``assign_add`` is ``assign(variable + value)``, so the
+    sum over N replicas multiplies the running total by N at every update, and a mean over
+    several steps weights the first ones more (two replicas reported other figures than one).
+    These variables keep the first replica's value instead, which is right on every version.
+    """
+
+    AGGREGATION = "only_first_replica"
+
+    def add_variable(self, shape, initializer, dtype=None, aggregation="sum", name=None):
+        return super().add_variable(shape, initializer, dtype=dtype, aggregation=self.AGGREGATION, name=name)
+
+
 class MeanIoU(keras.metrics.Metric):
     """Streaming mean IoU over one confusion matrix, for ``compile(metrics=...)`` and custom steps.
 
@@ -153,8 +173,9 @@ class MeanIoU(keras.metrics.Metric):
     ``y_pred`` logits or probabilities [B, H, W, C] (argmax taken) or labels [B, H, W]. Truth
     pixels equal to ``ignore_label`` or outside ``0..C-1`` are not counted. A predicted *label*
     outside ``0..C-1`` cannot be reported from inside a compiled graph, so such pixels are not
-    counted either (the numpy :func:`confusion_matrix` raises instead). The matrix variable sums
-    across replicas under a ``tf.distribute`` strategy.
+    counted either (the numpy :func:`confusion_matrix` raises instead). Under a ``tf.distribute``
+    strategy each update's counts are summed over the replicas first and the matrix variable
+    holds that global matrix (see :class:`GlobalMean` for why).
     """
 
     def __init__(self, num_classes: int, ignore_label: int = 255, name: str = "mean_iou", **kwargs):
@@ -165,7 +186,7 @@ class MeanIoU(keras.metrics.Metric):
             shape=(num_classes, num_classes),
             initializer="zeros",
             dtype="int64",
-            aggregation="sum",
+            aggregation=GlobalMean.AGGREGATION,
             name="total_confusion_matrix",
         )
 
@@ -188,7 +209,7 @@ class MeanIoU(keras.metrics.Metric):
         # static and XLA can compile it (Keras compiles evaluate() with XLA on GPUs by default).
         index = tf.where(counted, y_true * self.num_classes + y_pred, 0)
         size = self.num_classes * self.num_classes
-        counts = tf.math.unsorted_segment_sum(tf.cast(counted, tf.int32), index, num_segments=size)
+        counts = replica_sum(tf.math.unsorted_segment_sum(tf.cast(counted, tf.int32), index, num_segments=size))
         self.total_cm.assign_add(tf.cast(tf.reshape(counts, self.total_cm.shape), tf.int64))
 
     def result(self):

@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from advseg_utils import losses
 from advseg_utils.cluster import cluster_task, multi_worker_strategy, worker_count
-from advseg_utils.metrics import MeanIoU
+from advseg_utils.metrics import GlobalMean, MeanIoU
 from advseg_utils.models import backbone_variables
 
 # Everything a training step can report; each mode reports a subset.
@@ -147,7 +147,7 @@ class AdvSemiSeg(keras.Model):
         self.iteration = keras.Variable(
             0, dtype="int64", trainable=False, aggregation="only_first_replica", name="iteration"
         )
-        self._trackers = {name: keras.metrics.Mean(name=name) for name in LOG_NAMES}
+        self._trackers = {name: GlobalMean(name=name) for name in LOG_NAMES}
         self.mean_iou = MeanIoU(num_classes, ignore_label)
         self.built = True  # both networks are built; nothing of its own to build
 

@@ -210,7 +210,7 @@ _MIRRORED_SCRIPT = textwrap.dedent(
     with strategy.scope():
         metric = MeanIoU(4)
     batches = strategy.experimental_distribute_dataset(
-        tf.data.Dataset.from_tensor_slices((truth, prediction)).batch(4))
+        tf.data.Dataset.from_tensor_slices((truth, prediction)).batch(2))  # two updates: the second adds
     for batch in batches:
         strategy.run(metric.update_state, args=batch)
     print(strategy.num_replicas_in_sync, float(metric.result()), mean_iou(truth, prediction, 4))

@@ -136,39 +136,59 @@ def _atrous(backbone: keras.Model, output_stride: int) -> keras.Model:
 def _atrous_config_changes(backbone: keras.Model, output_stride: int) -> dict[str, dict]:
     """Layer config changes, by layer name, that make ``backbone`` atrous (DeepLab's recipe).
 
-    Walking the layers in order, it tracks the stride every tensor has in the original network.
-    A convolution or pooling whose output would be beyond ``output_stride`` gets stride 1, and
-    a convolution whose input is beyond it is dilated by the stride that input lost (output
-    stride 8: rate 2, then 4). A strided 'valid' layer becomes 'same', and the ZeroPadding2D in
-    front of it pads nothing. The result computes exactly what the original computes, on a
-    denser grid.
+    Walking the layers of the model's config in order (each names the layers it reads), it
+    tracks the stride every layer's output has in the original network. A convolution or
+    pooling whose output would be beyond ``output_stride`` gets stride 1, and a convolution
+    whose input is beyond it is dilated by the stride that input lost (output stride 8: rate 2,
+    then 4). A strided 'valid' layer becomes 'same', and the ZeroPadding2D in front of it pads
+    nothing. The result computes exactly what the original computes, on a denser grid.
+
+    The walk reads names from the config, never the identity of the symbolic tensors: under
+    mixed precision some Keras versions (3.8, 3.9) insert cast operations between the layers,
+    which the config lists as layers of their own (without strides) but ``layer.input`` skips.
     """
-    stride = {}  # id(KerasTensor) -> its stride in the original network
-    producer = {}  # id(KerasTensor) -> the layer that outputs it
+    stride = {}  # layer name -> the stride of its output in the original network
+    kind = {}  # layer name -> its class name
     changes = {}
-    for layer in backbone.layers:
-        inputs = keras.tree.flatten(layer.input)
-        in_stride = max((stride[id(x)] for x in inputs), default=1)
-        out_stride = in_stride * getattr(layer, "strides", (1,))[0]
-        stride[id(layer.output)], producer[id(layer.output)] = out_stride, layer
-        if out_stride <= output_stride or not hasattr(layer, "strides"):
+    for entry in backbone.get_config()["layers"]:
+        name, config = entry["name"], entry["config"]
+        inputs = _inbound_layer_names(entry["inbound_nodes"][:1])
+        in_stride = max((stride[source] for source in inputs), default=1)
+        layer_stride = _first(config.get("strides", 1))
+        stride[name], kind[name] = in_stride * layer_stride, entry["class_name"]
+        if stride[name] <= output_stride or "strides" not in config:
             continue
-        changes[layer.name] = {"strides": 1}
-        kernel_size = getattr(layer, "kernel_size", getattr(layer, "pool_size", None))[0]
+        changes[name] = {"strides": 1}
+        kernel_size = _first(config.get("kernel_size", config.get("pool_size")))
         rate = in_stride // output_stride
         if kernel_size > 1 and rate > 1:
-            if not hasattr(layer, "dilation_rate"):
+            if "dilation_rate" not in config:
                 raise ValueError(
                     f"This backbone cannot have output stride {output_stride}: its pooling layer "
-                    f"{layer.name!r} would need dilation rate {rate}, which Keras pooling lacks."
+                    f"{name!r} would need dilation rate {rate}, which Keras pooling lacks."
                 )
-            changes[layer.name]["dilation_rate"] = rate
-        if kernel_size > 1 and layer.padding == "valid":
-            changes[layer.name]["padding"] = "same"
-            padding = producer[id(inputs[0])]
-            if isinstance(padding, keras.layers.ZeroPadding2D):
-                changes[padding.name] = {"padding": 0}
+            changes[name]["dilation_rate"] = rate
+        if kernel_size > 1 and config["padding"] == "valid":
+            changes[name]["padding"] = "same"
+            if kind[inputs[0]] == "ZeroPadding2D":
+                changes[inputs[0]] = {"padding": 0}
     return changes
+
+
+def _inbound_layer_names(nodes) -> list[str]:
+    """The names of the layers whose outputs a layer's serialised inbound ``nodes`` read, in order."""
+    if isinstance(nodes, dict):
+        if nodes.get("class_name") == "__keras_tensor__":
+            return [nodes["config"]["keras_history"][0]]
+        nodes = list(nodes.values())
+    if isinstance(nodes, (list, tuple)):
+        return [name for node in nodes for name in _inbound_layer_names(node)]
+    return []
+
+
+def _first(value) -> int:
+    """The first entry of a per-axis config value such as ``strides`` (an int stands for all axes)."""
+    return value[0] if isinstance(value, (list, tuple)) else value
 
 
 def _load_weights(backbone: keras.Model, path: str | os.PathLike, name: str) -> None:

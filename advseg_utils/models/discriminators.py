@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from advseg_utils.models.layers import ResizeLike
+from advseg_utils.models.layers import MaximumLeakyReLU, ResizeLike
 
 #: Channels of the LeakyReLU convolutions before the 1-channel classifier.
 _CHANNELS = {"paper": (64, 128, 256, 512), "small": (128, 256)}
@@ -25,7 +25,7 @@ def build_discriminator(num_classes: int, variant: str = "paper") -> keras.Model
     x = probabilities
     for index, channels in enumerate(_CHANNELS[variant], start=1):
         x = _conv4x4_stride2(x, channels, f"conv{index}")
-        x = keras.layers.LeakyReLU(negative_slope=0.2, name=f"conv{index}_leaky_relu")(x)
+        x = MaximumLeakyReLU(negative_slope=0.2, name=f"conv{index}_leaky_relu")(x)
     logits = _conv4x4_stride2(x, 1, "classifier")
     logits = ResizeLike(dtype="float32", name="logits")(logits, probabilities)
     return keras.Model(probabilities, logits, name=f"discriminator_{variant}")

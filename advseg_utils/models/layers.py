@@ -55,3 +55,24 @@ class ResizeLike(keras.layers.Layer):
 
     def compute_output_shape(self, x_shape, reference_shape):
         return (x_shape[0], reference_shape[1], reference_shape[2], x_shape[-1])
+
+
+@keras.saving.register_keras_serializable(package="advseg")
+class MaximumLeakyReLU(keras.layers.LeakyReLU):
+    """``keras.layers.LeakyReLU`` computed as max(slope * x, x): the same values, and the same
+    gradient (slope at 0 too), for a slope in [0, 1].
+
+    Why not TensorFlow's LeakyRelu op: with oneDNN (TensorFlow's default on x86 CPUs) grappler's
+    remapper fuses ZeroPadding2D + Conv2D + bias + LeakyRelu into one op even where training's
+    LeakyReluGrad still reads the bias add's output, then fails on that graph ("remapper failed:
+    INVALID_ARGUMENT: Mutation::Apply error", an error line in the notebook) and leaves the whole
+    training step without its fusions. A maximum has no such fusion.
+    """
+
+    def __init__(self, negative_slope: float = 0.3, **kwargs):
+        if not 0.0 <= negative_slope <= 1.0:
+            raise ValueError(f"negative_slope={negative_slope}; expected a slope in [0, 1]")
+        super().__init__(negative_slope=negative_slope, **kwargs)
+
+    def call(self, inputs):
+        return keras.ops.maximum(inputs * self.negative_slope, inputs)
