@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from advseg_utils.atomic import atomic_path, write_text_atomically
 from advseg_utils.cluster import is_chief, remove_scratch, worker_count, write_dir
 from advseg_utils.training import AdvSemiSeg
 
@@ -50,13 +51,10 @@ def save_generator(generator: keras.Model, filepath: str) -> None:
     file and raises an ``OSError`` naming ``filepath``, whose previous version is untouched."""
     if not filepath.endswith(".keras"):
         raise ValueError(f"generator file {filepath!r} must end with '.keras'")
-    partial = filepath[: -len(".keras")] + ".partial.keras"  # Keras insists on the extension
     try:
-        generator.save(partial)
-        tf.io.gfile.rename(partial, filepath, overwrite=True)
+        with atomic_path(filepath, suffix=".partial.keras") as partial:  # Keras insists on the extension
+            generator.save(partial)
     except (OSError, tf.errors.OpError) as error:
-        if tf.io.gfile.exists(partial):
-            tf.io.gfile.remove(partial)  # frees the space a full disk needs
         raise OSError(
             f"cannot save the generator to {filepath!r} ({error}); the file there, if any, is unchanged"
         ) from error
@@ -120,7 +118,7 @@ class BestGeneratorCheckpoint(keras.callbacks.Callback):
         if improved:
             self.best = score
             save_generator(self.model.generator, self.filepath)
-            _write_atomically(self._score_path, json.dumps({"step": step, "mean_iou": score}))
+            write_text_atomically(self._score_path, json.dumps({"step": step, "mean_iou": score}))
         if self.verbose:
             note = f"saved to {self.filepath}" if improved else f"best {self.best:.4f}"
             print(f"iteration {step}: validation mean IoU {score:.4f} ({note})")
@@ -249,20 +247,13 @@ def _check_writable(directory: str) -> None:
     probe = os.path.join(directory, ".advseg_write_test")
     try:
         tf.io.gfile.makedirs(directory)
-        _write_atomically(probe, "ok")
+        write_text_atomically(probe, "ok")
         tf.io.gfile.remove(probe)
     except (OSError, tf.errors.OpError) as error:
         raise PermissionError(
             f"cannot write checkpoints to {directory!r} ({error}); pass a writable checkpoint_dir "
             "(in Colab, e.g. a folder of the mounted Google Drive)"
         ) from error
-
-
-def _write_atomically(path: str, text: str) -> None:
-    partial = path + ".partial"
-    with tf.io.gfile.GFile(partial, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(partial, path, overwrite=True)
 
 
 class HistoryLog(keras.callbacks.Callback):
@@ -303,8 +294,4 @@ class HistoryLog(keras.callbacks.Callback):
         self._records = records
         if not is_chief(self.model.distribute_strategy):
             return
-        partial = self.path + ".partial"
-        tf.io.gfile.makedirs(os.path.dirname(self.path) or ".")
-        with tf.io.gfile.GFile(partial, "w") as f:
-            json.dump({str(iteration): values for iteration, values in sorted(records.items())}, f)
-        tf.io.gfile.rename(partial, self.path, overwrite=True)
+        write_text_atomically(self.path, json.dumps({str(it): values for it, values in sorted(records.items())}))

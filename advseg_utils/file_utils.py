@@ -17,6 +17,8 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
+from advseg_utils.atomic import write_text_atomically
+
 PathLike = str | os.PathLike
 
 #: Mask modes whose pixel values are class indices (palette PNGs, 8/16-bit grey PNGs, 1-bit).
@@ -164,11 +166,7 @@ def save_split(
     lines += ["[labeled]", *labeled, "[unlabeled]", *unlabeled]
     if sources is not None and sources.folders:
         lines += ["[unlabeled folders]", *sources.folders, "[extra unlabeled]", *sources.ids]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")  # other workers may be reading the split
-    partial.write_text("\n".join(lines) + "\n")
-    partial.replace(path)
+    write_text_atomically(path, "\n".join(lines) + "\n")  # other workers may be reading the split
 
 
 def load_split(path: PathLike) -> tuple[list[str], list[str]]:
