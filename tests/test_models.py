@@ -178,7 +178,7 @@ def test_generator_gradients_reach_every_trainable_variable():
 
 @pytest.mark.filterwarnings("ignore:freeze_batchnorm=True with weights=None")
 def test_freeze_batchnorm_keeps_backbone_statistics_and_trains_the_head():
-    model = build_generator(NUM_CLASSES, weights=None, freeze_batchnorm=True)
+    model = build_generator(NUM_CLASSES, "mobilenet_v2", weights=None, freeze_batchnorm=True)
     backbone = model.get_layer("backbone")
     backbone_bn = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
     head_bn = model.get_layer("aspp_1x1_bn")
@@ -210,7 +210,7 @@ def test_local_weights_file_is_loaded_into_the_backbone(tmp_path):
     path = tmp_path / "backbone.weights.h5"
     source = generator(*MOBILENET).get_layer("backbone")
     source.save_weights(path)
-    loaded = build_generator(NUM_CLASSES, weights=path).get_layer("backbone")
+    loaded = build_generator(NUM_CLASSES, "mobilenet_v2", weights=path).get_layer("backbone")
     x = np.random.default_rng(0).uniform(-1, 1, (1, 33, 47, 3)).astype("float32")
     for expected, actual in zip(source(x), loaded(x)):
         np.testing.assert_array_equal(actual, expected)
@@ -221,10 +221,10 @@ def test_unfitting_or_missing_weights_files_are_named(tmp_path):
     wrong = tmp_path / "discriminator.weights.h5"
     build_discriminator(NUM_CLASSES).save_weights(wrong)
     with pytest.raises(ValueError, match=f"{wrong}.*does not fit the mobilenet_v2 backbone"):
-        build_generator(NUM_CLASSES, weights=wrong)
+        build_generator(NUM_CLASSES, "mobilenet_v2", weights=wrong)
     missing = tmp_path / "missing.weights.h5"
     with pytest.raises(FileNotFoundError, match=f"{missing} does not exist"):
-        build_generator(NUM_CLASSES, weights=missing)
+        build_generator(NUM_CLASSES, "mobilenet_v2", weights=missing)
 
 
 def test_imagenet_weights_are_requested_from_keras_applications(monkeypatch):
@@ -236,7 +236,7 @@ def test_imagenet_weights_are_requested_from_keras_applications(monkeypatch):
         return real_application(**{**kwargs, "weights": None})
 
     monkeypatch.setattr(keras.applications, "MobileNetV2", fake_application)
-    build_generator(NUM_CLASSES, weights="imagenet")
+    build_generator(NUM_CLASSES, "mobilenet_v2", weights="imagenet")
     assert len(calls) == 1
     assert calls[0]["weights"] == "imagenet"
     assert calls[0]["include_top"] is False
@@ -264,7 +264,7 @@ def test_other_backbone_errors_are_not_taken_for_download_failures(monkeypatch):
 def test_mixed_precision_outputs_are_float32():
     keras.config.set_dtype_policy("mixed_float16")
     try:
-        model = build_generator(NUM_CLASSES, weights=None)
+        model = build_generator(NUM_CLASSES, "mobilenet_v2", weights=None)
         discriminator = build_discriminator(NUM_CLASSES)
     finally:
         keras.config.set_dtype_policy("float32")
@@ -327,7 +327,7 @@ def test_discriminator_gradients_and_saving(tmp_path):
 
 def test_freezing_the_batch_norms_of_a_random_backbone_warns():
     with pytest.warns(UserWarning, match="freeze_batchnorm=True with weights=None"):
-        build_generator(3, weights=None, freeze_batchnorm=True)
+        build_generator(3, "mobilenet_v2", weights=None, freeze_batchnorm=True)
 
 
 def test_resize_like_gradient_compiles_with_xla_in_float16():
