@@ -1,6 +1,6 @@
 """The training model, its optimisers, checkpoints and resume, on tiny networks and data.
 
-Each test guards one way the method is easily got wrong (DESIGN.md section 2): the semi loss
+Each test guards one way the method is easily got wrong (the README's "How it is built"): the semi loss
 without gradient, updates leaking between G and D, ignored pixels counted, the semi loss on
 too early, a resumed run that differs from an uninterrupted one, replicas that normalise by
 their local pixel count.
