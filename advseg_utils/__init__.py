@@ -73,7 +73,6 @@ from advseg_utils.file_utils import (
     load_split,
     load_unlabeled_sources,
     make_split,
-    mask_name_to_img_name,
     read_list,
     read_pair_list,
     save_split,
@@ -93,14 +92,13 @@ from advseg_utils.models import (
     backbone_variables,
     build_discriminator,
     build_generator,
-    head_variables,
     imagenet_class_names,
     imagenet_classifier,
 )
 from advseg_utils.monitoring import DiscriminatorCollapseWarning, DiscriminatorMonitor
 from advseg_utils.prepare import download_camvid, prepare_voc, prepare_voc_aug
 from advseg_utils.pth import UnsafePickleError, read_pth
-from advseg_utils.schedules import ReduceBothLROnPlateau, paper_optimizers, plateau_optimizers, poly_decay
+from advseg_utils.schedules import paper_optimizers, poly_decay
 from advseg_utils.training import AdvSemiSeg, configure_precision, get_strategy
 from advseg_utils.unlabeled import merge_unlabeled, unlabeled_folder_dataset
 from advseg_utils.video import sample_frames

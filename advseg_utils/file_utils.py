@@ -11,7 +11,7 @@ import io
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import scipy.io
@@ -58,11 +58,6 @@ def load_mask(path: PathLike, label_remap: Mapping[int, int] | None = None) -> n
     if label_remap:
         mask = np.take(_remap_lookup_table(label_remap, path), mask)
     return mask
-
-
-def mask_name_to_img_name(name: str, img_ext: str = ".jpg") -> str:
-    """The image file name that goes with a mask file name: ``2007_000032.png -> 2007_000032.jpg``."""
-    return str(PurePosixPath(name).with_suffix(img_ext))
 
 
 def read_list(path: PathLike) -> list[str]:

@@ -14,7 +14,6 @@ from advseg_utils.file_utils import (
     load_mask,
     load_split,
     make_split,
-    mask_name_to_img_name,
     read_list,
     read_pair_list,
     save_split,
@@ -112,11 +111,6 @@ def test_load_img_converts_to_rgb(tmp_path, mode, pixel, expected_rgb):
 def test_load_img_expands_a_palette_image_to_its_colours(tmp_path):
     save_palette_png(tmp_path / "palette.png", MASK)
     np.testing.assert_array_equal(load_img(tmp_path / "palette.png")[0, 0], [200, 100, 50])
-
-
-def test_mask_name_to_img_name():
-    assert mask_name_to_img_name("2007_000032.png") == "2007_000032.jpg"
-    assert mask_name_to_img_name("seq/frame_01.png", img_ext=".png") == "seq/frame_01.png"
 
 
 def test_read_list_skips_blank_lines(tmp_path):

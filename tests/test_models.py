@@ -14,7 +14,6 @@ from advseg_utils.models import (
     build_backbone,
     build_discriminator,
     build_generator,
-    head_variables,
 )
 
 NUM_CLASSES = 21
@@ -126,14 +125,13 @@ def test_generator_parameter_counts():
 
 
 @pytest.mark.parametrize("config", [MOBILENET, PAPER], ids=["deeplabv3plus", "deeplabv2"])
-def test_head_and_backbone_variables_partition_the_trainable_variables(config):
+def test_backbone_variables_are_the_backbones_trainable_ones_and_not_the_heads(config):
     model = generator(*config)
-    head, backbone = head_variables(model), backbone_variables(model)
-    head_ids, backbone_ids = {id(v) for v in head}, {id(v) for v in backbone}
-    assert head_ids.isdisjoint(backbone_ids)
-    assert head_ids | backbone_ids == {id(v) for v in model.trainable_variables}
-    assert len(head) + len(backbone) == len(model.trainable_variables)
+    backbone = backbone_variables(model)
+    backbone_ids = {id(v) for v in backbone}
+    assert len(backbone_ids) == len(backbone) > 0
     assert backbone_ids == {id(v) for v in model.get_layer("backbone").trainable_variables}
+    head = [v for v in model.trainable_variables if id(v) not in backbone_ids]  # what the 10x multiplier gets
     assert any(v.path.startswith("classifier") for v in head)
     assert not any("classifier" in v.path for v in backbone)
 

@@ -64,12 +64,6 @@ def backbone_variables(generator: keras.Model) -> list[keras.Variable]:
     return list(generator.get_layer("backbone").trainable_variables)
 
 
-def head_variables(generator: keras.Model) -> list[keras.Variable]:
-    """The trainable variables outside the backbone (the paper trains these 10x faster)."""
-    in_backbone = {id(variable) for variable in backbone_variables(generator)}
-    return [variable for variable in generator.trainable_variables if id(variable) not in in_backbone]
-
-
 def _deeplabv3plus(low_level, high_level, num_classes: int, output_stride: int):
     """DeepLabV3+ (Chen et al. 2018): atrous spatial pyramid pooling with image pooling, then a
     decoder that refines the upsampled result with the stride-4 features."""
