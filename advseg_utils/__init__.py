@@ -93,14 +93,13 @@ from advseg_utils.models import (
     backbone_variables,
     build_discriminator,
     build_generator,
-    head_variables,
     imagenet_class_names,
     imagenet_classifier,
 )
 from advseg_utils.monitoring import DiscriminatorCollapseWarning, DiscriminatorMonitor
 from advseg_utils.prepare import download_camvid, prepare_voc, prepare_voc_aug
 from advseg_utils.pth import UnsafePickleError, read_pth
-from advseg_utils.schedules import ReduceBothLROnPlateau, paper_optimizers, plateau_optimizers, poly_decay
+from advseg_utils.schedules import paper_optimizers, poly_decay
 from advseg_utils.training import AdvSemiSeg, configure_precision, get_strategy
 from advseg_utils.unlabeled import merge_unlabeled, unlabeled_folder_dataset
 from advseg_utils.video import sample_frames

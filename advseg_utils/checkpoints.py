@@ -27,6 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from advseg_utils.atomic import atomic_path, write_text_atomically
 from advseg_utils.cluster import is_chief, remove_scratch, worker_count, write_dir
 from advseg_utils.training import AdvSemiSeg
 
@@ -55,39 +56,34 @@ def save_generator(generator: keras.Model, filepath: str) -> None:
     :func:`_single_input_saved_as_such`)."""
     if not filepath.endswith(".keras"):
         raise ValueError(f"generator file {filepath!r} must end with '.keras'")
-    partial = filepath[: -len(".keras")] + ".partial.keras"  # Keras insists on the extension
-    rewritten = partial + ".rewritten"
     try:
-        generator.save(partial)
-        _single_input_saved_as_such(generator, partial, rewritten)
-        tf.io.gfile.rename(partial, filepath, overwrite=True)
+        with atomic_path(filepath, suffix=".partial.keras") as partial:  # Keras insists on the extension
+            generator.save(partial)
+            _single_input_saved_as_such(generator, partial)
     except (OSError, tf.errors.OpError) as error:
-        for temporary in (partial, rewritten):
-            if tf.io.gfile.exists(temporary):
-                tf.io.gfile.remove(temporary)  # frees the space a full disk needs
         raise OSError(
             f"cannot save the generator to {filepath!r} ({error}); the file there, if any, is unchanged"
         ) from error
 
 
-def _single_input_saved_as_such(model: keras.Model, keras_file: str, scratch: str) -> None:
+def _single_input_saved_as_such(model: keras.Model, keras_file: str) -> None:
     """Rewrites ``keras_file`` so that ``model``'s single input is saved as one input.
 
     Keras up to 3.10 saves a model built on one input tensor with a list of one input; the
     reloaded model then expects ``[image]`` and Keras 3.10 warns "The structure of `inputs`
     doesn't match the expected structure" whenever it is called on one array. Later versions
-    save the single input as such, and then nothing is rewritten. ``scratch``: a path for the
-    rewritten archive, which then replaces ``keras_file``.
+    save the single input as such, and then nothing is rewritten. ``keras_file`` is rewritten in
+    place: it is the temporary file of an atomic save.
     """
     if not isinstance(model.input, keras.KerasTensor):
         return
-    with tf.io.gfile.GFile(keras_file, "rb") as source, zipfile.ZipFile(source) as archive:
-        config = json.loads(archive.read("config.json"))
-        inputs = config["config"]["input_layers"]
-        if not (len(inputs) == 1 and isinstance(inputs[0], list)):
-            return
-        config["config"]["input_layers"] = inputs[0]
-        with tempfile.TemporaryFile() as local:  # zipfile writes seekable files; GFile's are not
+    with tempfile.TemporaryFile() as local:  # zipfile writes seekable files; GFile's are not
+        with tf.io.gfile.GFile(keras_file, "rb") as source, zipfile.ZipFile(source) as archive:
+            config = json.loads(archive.read("config.json"))
+            inputs = config["config"]["input_layers"]
+            if not (len(inputs) == 1 and isinstance(inputs[0], list)):
+                return
+            config["config"]["input_layers"] = inputs[0]
             with zipfile.ZipFile(local, "w") as rewritten:
                 for entry in archive.infolist():
                     if entry.filename == "config.json":
@@ -95,10 +91,9 @@ def _single_input_saved_as_such(model: keras.Model, keras_file: str, scratch: st
                         continue
                     with archive.open(entry) as data, rewritten.open(entry, "w") as copy:
                         shutil.copyfileobj(data, copy, 1 << 20)
-            local.seek(0)
-            with tf.io.gfile.GFile(scratch, "wb") as target:
-                shutil.copyfileobj(local, target, 1 << 20)
-    tf.io.gfile.rename(scratch, keras_file, overwrite=True)
+        local.seek(0)
+        with tf.io.gfile.GFile(keras_file, "wb") as target:
+            shutil.copyfileobj(local, target, 1 << 20)
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
@@ -159,7 +154,7 @@ class BestGeneratorCheckpoint(keras.callbacks.Callback):
         if improved:
             self.best = score
             save_generator(self.model.generator, self.filepath)
-            _write_atomically(self._score_path, json.dumps({"step": step, "mean_iou": score}))
+            write_text_atomically(self._score_path, json.dumps({"step": step, "mean_iou": score}))
         if self.verbose:
             note = f"saved to {self.filepath}" if improved else f"best {self.best:.4f}"
             print(f"iteration {step}: validation mean IoU {score:.4f} ({note})")
@@ -288,20 +283,13 @@ def _check_writable(directory: str) -> None:
     probe = os.path.join(directory, ".advseg_write_test")
     try:
         tf.io.gfile.makedirs(directory)
-        _write_atomically(probe, "ok")
+        write_text_atomically(probe, "ok")
         tf.io.gfile.remove(probe)
     except (OSError, tf.errors.OpError) as error:
         raise PermissionError(
             f"cannot write checkpoints to {directory!r} ({error}); pass a writable checkpoint_dir "
             "(in Colab, e.g. a folder of the mounted Google Drive)"
         ) from error
-
-
-def _write_atomically(path: str, text: str) -> None:
-    partial = path + ".partial"
-    with tf.io.gfile.GFile(partial, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(partial, path, overwrite=True)
 
 
 class HistoryLog(keras.callbacks.Callback):
@@ -342,8 +330,4 @@ class HistoryLog(keras.callbacks.Callback):
         self._records = records
         if not is_chief(self.model.distribute_strategy):
             return
-        partial = self.path + ".partial"
-        tf.io.gfile.makedirs(os.path.dirname(self.path) or ".")
-        with tf.io.gfile.GFile(partial, "w") as f:
-            json.dump({str(iteration): values for iteration, values in sorted(records.items())}, f)
-        tf.io.gfile.rename(partial, self.path, overwrite=True)
+        write_text_atomically(self.path, json.dumps({str(it): values for it, values in sorted(records.items())}))

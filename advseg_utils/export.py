@@ -32,6 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from advseg_utils.atomic import atomic_path
 from advseg_utils.datasets import SegDataset
 from advseg_utils.file_utils import load_img
 from advseg_utils.inference import segment
@@ -66,21 +67,19 @@ def export_generator(
         raise ValueError("format='tflite_int8' needs calibration_images: training images (a SegDataset or RGB arrays).")
     generator = float32_copy(generator)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # The SavedModel writer and the converters log INFO lines (to Python's logger and to file
     # descriptor 2) that would fill a notebook cell; they are shown only if the export fails.
-    with tensorflow_quietly(), tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as scratch:
-        partial = Path(scratch) / path.name
+    with tensorflow_quietly(), atomic_path(path) as partial:
         if format == "saved_model":
             _write_saved_model(partial, _any_rank_serving(generator), tf.TensorSpec(None, tf.uint8, name="images"))
         elif format == "onnx":
             _write_onnx(generator, partial)
         else:
             images = None if format == "tflite" else _calibration_batches(calibration_images, calibration_count, input_size)
-            partial.write_bytes(_tflite(generator, Path(scratch) / "tflite_source", input_size, images))
+            with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as scratch:
+                partial.write_bytes(_tflite(generator, Path(scratch) / "tflite_source", input_size, images))
         if path.is_dir():
             shutil.rmtree(path)  # only once the new export is complete
-        os.replace(partial, path)
     return path
 
 

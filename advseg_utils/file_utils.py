@@ -17,6 +17,8 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
+from advseg_utils.atomic import write_text_atomically
+
 PathLike = str | os.PathLike
 
 #: Mask modes whose pixel values are class indices (palette PNGs, 8/16-bit grey PNGs, 1-bit).
@@ -59,7 +61,8 @@ def load_mask(path: PathLike, label_remap: Mapping[int, int] | None = None) -> n
 
 
 def mask_name_to_img_name(name: str, img_ext: str = ".jpg") -> str:
-    """The image file name that goes with a mask file name: ``2007_000032.png -> 2007_000032.jpg``."""
+    """The image file name that goes with a mask file name: ``2007_000032.png -> 2007_000032.jpg``
+    (a name users of the original Colab workflow know; kept as a public entry point)."""
     return str(PurePosixPath(name).with_suffix(img_ext))
 
 
@@ -164,11 +167,7 @@ def save_split(
     lines += ["[labeled]", *labeled, "[unlabeled]", *unlabeled]
     if sources is not None and sources.folders:
         lines += ["[unlabeled folders]", *sources.folders, "[extra unlabeled]", *sources.ids]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")  # other workers may be reading the split
-    partial.write_text("\n".join(lines) + "\n")
-    partial.replace(path)
+    write_text_atomically(path, "\n".join(lines) + "\n")  # other workers may be reading the split
 
 
 def load_split(path: PathLike) -> tuple[list[str], list[str]]:

@@ -145,6 +145,10 @@ class ConfusionMatrix:
 
 
 # --- streaming Keras metric ----------------------------------------------------------------------
+# Not keras.metrics.MeanIoU(num_classes, ignore_class=255): it agrees on Keras 3.15, but measured
+# (3 December 2026, TF 2.19) on Keras 3.8 under a 2-replica MirroredStrategy its matrix held 240
+# pixels after 160 were counted (a wrong mean IoU), and on Keras 3.8 and 3.10 a truth label outside
+# 0..C-1 other than ignore_class (CamVid's void 11) raised InvalidArgumentError on CPUs.
 
 
 @keras.saving.register_keras_serializable(package="advseg")
@@ -166,6 +170,7 @@ class GlobalMean(keras.metrics.Mean):
         return super().add_variable(shape, initializer, dtype=dtype, aggregation=self.AGGREGATION, name=name)
 
 
+@keras.saving.register_keras_serializable(package="advseg")
 class MeanIoU(keras.metrics.Metric):
     """Streaming mean IoU over one confusion matrix, for ``compile(metrics=...)`` and custom steps.
 

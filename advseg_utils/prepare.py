@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from advseg_utils.atomic import atomic_path, write_text_atomically
 from advseg_utils.download import (
     ChecksumError,
     DownloadError,
@@ -238,17 +239,14 @@ def _write_index_pngs(sources: dict[str, Path], out_dir: Path) -> int:
 
 def _save_png_atomically(mask: np.ndarray, target: Path) -> None:
     """Save a uint8 [H, W] mask as a mode "L" PNG; an interruption never leaves a half-written file."""
-    temporary = target.with_name(target.name + ".tmp")
-    Image.fromarray(mask).save(temporary, format="PNG")
-    os.replace(temporary, target)
+    with atomic_path(target) as temporary:
+        Image.fromarray(mask).save(temporary, format="PNG")
 
 
 def _write_text_if_changed(path: Path, text: str) -> None:
     if path.exists() and path.read_text() == text:
         return
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    write_text_atomically(path, text)
 
 
 def _preview(names: list[str], limit: int = 10) -> str:

@@ -1,4 +1,4 @@
-"""Optimisers and learning-rate schedules: the paper's, and the Adam-with-plateau alternative.
+"""Optimisers and learning-rate schedules as the paper has them.
 
 The paper (after DeepLab): G by SGD with momentum 0.9 and coupled weight decay 5e-4
 (:class:`~advseg_utils.training.AdvSemiSeg`'s ``weight_decay``), learning rate 2.5e-4 with
@@ -36,31 +36,3 @@ def paper_optimizers(
         poly_decay(d_learning_rate, total_steps, power), beta_1=d_betas[0], beta_2=d_betas[1], epsilon=1e-8
     )
     return g_optimizer, d_optimizer
-
-
-def plateau_optimizers(
-    g_learning_rate: float = 1e-4, d_learning_rate: float = 1e-4
-) -> tuple[keras.optimizers.Adam, keras.optimizers.Adam]:
-    """(G's, D's) Adam at constant rates, for :class:`ReduceBothLROnPlateau` (the scheme of
-    earlier Keras ports). Adam ignores ``head_lr_multiplier``: build the model with 1."""
-    return keras.optimizers.Adam(g_learning_rate), keras.optimizers.Adam(d_learning_rate)
-
-
-class ReduceBothLROnPlateau(keras.callbacks.ReduceLROnPlateau):
-    """``keras.callbacks.ReduceLROnPlateau`` on G's rate, with D's rate scaled alike.
-
-    Defaults halve both rates when the validation loss (``val_loss_seg``, written by
-    :class:`~advseg_utils.checkpoints.BestGeneratorCheckpoint` or ``fit(validation_data=...)``)
-    has not improved for ``patience`` epochs.
-    """
-
-    def __init__(self, monitor="val_loss_seg", factor=0.5, patience=3, mode="min", **kwargs):
-        super().__init__(monitor=monitor, factor=factor, patience=patience, mode=mode, **kwargs)
-
-    def on_epoch_end(self, epoch, logs=None):
-        before = float(self.model.optimizer.learning_rate)
-        super().on_epoch_end(epoch, logs)
-        after = float(self.model.optimizer.learning_rate)
-        d_optimizer = getattr(self.model, "d_optimizer", None)
-        if after != before and d_optimizer is not None:
-            d_optimizer.learning_rate = float(d_optimizer.learning_rate) * after / before

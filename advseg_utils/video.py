@@ -13,13 +13,13 @@ Rotation metadata (portrait phone videos) is not applied: frames are stored as e
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from advseg_utils.atomic import atomic_path, write_text_atomically
 from advseg_utils.file_utils import DatasetError, PathLike
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
@@ -51,7 +51,7 @@ def sample_frames(video: PathLike, cache_dir: PathLike, every: int, max_frames: 
     frames = [_write_png(cache_dir / f"frame{index:06d}.png", rgb) for index, rgb in _decode(video, every, max_frames)]
     if not frames:
         raise DatasetError(f"{video}: the video holds no frame that could be decoded")
-    _write_text(cache_dir / MANIFEST, json.dumps({**settings, "frames": [frame.name for frame in frames]}))
+    write_text_atomically(cache_dir / MANIFEST, json.dumps({**settings, "frames": [frame.name for frame in frames]}))
     return frames
 
 
@@ -100,13 +100,6 @@ def _cached_frames(cache_dir: Path, settings: dict) -> list[Path] | None:
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> Path:
-    partial = path.with_name(path.name + ".partial")
-    Image.fromarray(rgb).save(partial, format="PNG")
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        Image.fromarray(rgb).save(partial, format="PNG")
     return path
-
-
-def _write_text(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)

@@ -7,11 +7,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from PIL import Image
 
+from advseg_utils.atomic import atomic_path
 from advseg_utils.file_utils import read_list
 from camvid_profiles import PROJECT_ROOT
 
@@ -26,23 +26,19 @@ def downscaled_camvid(source: Path, target: Path, size: tuple[int, int]) -> Path
     aside and renamed), and reused afterwards, also by runs started in parallel."""
     if target.is_dir():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))  # same file system: rename works
-    for split in ("train", "val"):
-        names = read_list(source / f"{split}.txt")
-        for kind, suffix, resample in (("images", ".jpg", Image.BILINEAR), ("labels", ".png", Image.NEAREST)):
-            (partial / kind / split).mkdir(parents=True)
-            for name in names:
-                with Image.open(source / kind / split / f"{name}{suffix}") as original:
-                    resized = original.resize(size, resample)
-                    options = {"quality": 95} if suffix == ".jpg" else {}
-                    resized.save(partial / kind / split / f"{name}{suffix}", **options)
-        shutil.copyfile(source / f"{split}.txt", partial / f"{split}.txt")
-    partial.chmod(0o755)  # mkdtemp's folder is private to its owner; a dataset copy need not be
     try:
-        os.replace(partial, target)
-    except OSError:  # another run (in parallel) finished the same copy first: use that one
-        shutil.rmtree(partial)
+        with atomic_path(target) as partial:
+            for split in ("train", "val"):
+                names = read_list(source / f"{split}.txt")
+                for kind, suffix, resample in (("images", ".jpg", Image.BILINEAR), ("labels", ".png", Image.NEAREST)):
+                    (partial / kind / split).mkdir(parents=True)
+                    for name in names:
+                        with Image.open(source / kind / split / f"{name}{suffix}") as original:
+                            resized = original.resize(size, resample)
+                            options = {"quality": 95} if suffix == ".jpg" else {}
+                            resized.save(partial / kind / split / f"{name}{suffix}", **options)
+                shutil.copyfile(source / f"{split}.txt", partial / f"{split}.txt")
+    except OSError:  # another run (in parallel) finished the same copy first (the rename failed): use that one
         if not target.is_dir():
             raise
     return target

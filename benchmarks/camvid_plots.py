@@ -3,7 +3,6 @@ semi-supervised runs' pseudo-label accuracy over training; each written atomical
 
 from __future__ import annotations
 
-import os
 import statistics
 import textwrap
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
+from advseg_utils.atomic import atomic_path
 from camvid_profiles import FRACTIONS, METHOD_LABELS, SETTINGS
 from camvid_results import PSEUDO_LABEL_LOGS, profile_of, table_profile
 from quality_stats import summary
@@ -21,10 +21,8 @@ PSEUDO_LABEL_NAMES = dict(zip(PSEUDO_LABEL_LOGS, ("kept share", "accuracy, all p
 
 def _save(fig: Figure, path: Path) -> None:
     """Writes ``fig`` to ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
-    fig.savefig(partial, dpi=120)
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        fig.savefig(partial, dpi=120, format=path.suffix[1:])
 
 
 def plot(results: dict[str, list[dict]], steps: int, path: Path) -> None:

@@ -5,9 +5,9 @@ baselines a table borrows from another profile)."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from advseg_utils.atomic import write_text_atomically
 
 from camvid_profiles import PROFILES, SETTINGS, Profile
 
@@ -21,12 +21,8 @@ def result_path(results_dir: Path, setting: str, seed: int, steps: int) -> Path:
 
 
 def write_json_atomically(path: Path, record: dict) -> None:
-    """Writes ``record`` to a temporary file beside ``path``, then renames it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    with os.fdopen(descriptor, "w") as f:
-        json.dump(record, f, indent=1)
-    os.replace(partial, path)
+    """Writes ``record`` to ``path`` atomically."""
+    write_text_atomically(path, json.dumps(record, indent=1))
 
 
 def load_results(results_dir: Path, steps: int) -> dict[str, list[dict]]:

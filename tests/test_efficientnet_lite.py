@@ -156,3 +156,11 @@ def test_imagenet_weights_come_from_the_installed_package_without_network(monkey
     np.testing.assert_array_equal(model.get_layer("predictions").bias.numpy(), lite0_state()["_fc.bias"])
     in_file = sum(v.size for k, v in lite0_state().items() if not k.endswith("num_batches_tracked"))
     assert model.count_params() == in_file == 4_694_024  # the count of the file's parameters
+
+
+def test_the_default_backbone_is_lite0_with_its_packaged_imagenet_weights():
+    default, lite0 = build_generator(11), build_generator(11, backbone=LITE0, weights="imagenet")
+    assert [v.path for v in default.weights] == [v.path for v in lite0.weights]
+    backbone, expected = default.get_layer("backbone"), lite0.get_layer("backbone")
+    for actual, wanted in zip(backbone.weights, expected.weights):
+        np.testing.assert_array_equal(actual.numpy(), wanted.numpy(), err_msg=actual.path)

@@ -275,9 +275,10 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkey
     assert tf.train.latest_checkpoint(run) == os.path.join(run, "ckpt-4")
 
 
-def fill_disk_while_writing(monkeypatch, path: Path, after_bytes: int = 1000):
-    """Python's ``open`` (through which Keras writes a ``.keras`` file) gives, for ``path`` only,
-    a file on which the disk is full after ``after_bytes`` bytes."""
+def fill_disk_while_writing(monkeypatch, folder: Path, ending: str, after_bytes: int = 1000):
+    """Python's ``open`` (through which Keras writes a ``.keras`` file) gives, for the files in
+    ``folder`` whose name ends with ``ending`` only, a file on which the disk is full after
+    ``after_bytes`` bytes."""
     real_open = builtins.open
 
     class FullDiskFile:
@@ -301,7 +302,8 @@ def fill_disk_while_writing(monkeypatch, path: Path, after_bytes: int = 1000):
 
     def fake_open(file, mode="r", *args, **kwargs):
         opened = real_open(file, mode, *args, **kwargs)
-        return FullDiskFile(opened) if os.fspath(file) == str(path) and "w" in mode else opened
+        chosen = Path(os.fspath(file)).parent == folder and os.fspath(file).endswith(ending)
+        return FullDiskFile(opened) if chosen and "w" in mode else opened
 
     monkeypatch.setattr(builtins, "open", fake_open)
 
@@ -311,13 +313,12 @@ def test_a_generator_save_interrupted_by_a_full_disk_leaves_the_previous_file_in
     save_generator(generator, str(path))
     saved_weights, saved_bytes = generator.get_weights(), path.read_bytes()
     generator.set_weights([w + 1.0 for w in saved_weights])
-    partial = tmp_path / "generator.partial.keras"
-    fill_disk_while_writing(monkeypatch, partial)
+    fill_disk_while_writing(monkeypatch, tmp_path, ".partial.keras")
 
     with pytest.raises(OSError, match=rf"cannot save the generator to '{re.escape(str(path))}' .*{NO_SPACE}"):
         save_generator(generator, str(path))
     monkeypatch.undo()
-    assert path.read_bytes() == saved_bytes and not partial.exists()
+    assert path.read_bytes() == saved_bytes and list(tmp_path.iterdir()) == [path]  # no temporary file left
     assert_same_weights(keras.saving.load_model(path).get_weights(), saved_weights)
 
 

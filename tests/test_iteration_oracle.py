@@ -1,6 +1,6 @@
 """One training iteration of AdvSemiSeg against an oracle: the paper's iteration written out here.
 
-The oracle (:func:`paper_iteration`) states DESIGN.md section 1 in the plainest way: one
+The oracle (:func:`paper_iteration`) states the paper's iteration in the plainest way: one
 persistent tape; G, softmax and D run anew for every term that needs them; every mask built
 here from the labels; cross-entropy and BCE written from their formulas; weight decay as
 0.5 * wd * |w|^2 in G's loss; the head's gradient times ``head_lr_multiplier``. AdvSemiSeg

@@ -188,6 +188,9 @@ def test_keras_metric_in_compile_and_from_config(jit_compile):
 
     restored = MeanIoU.from_config(MeanIoU(7, ignore_label=0, name="val_iou").get_config())
     assert (restored.num_classes, restored.ignore_label, restored.name) == (7, 0, "val_iou")
+    # by its registered name, as a saved model that compiled it is read back
+    by_name = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(MeanIoU(7, ignore_label=0)))
+    assert isinstance(by_name, MeanIoU) and (by_name.num_classes, by_name.ignore_label) == (7, 0)
 
 
 def test_iou_from_confusion_marks_absent_classes_nan():

@@ -1,6 +1,6 @@
 """The training model, its optimisers, checkpoints and resume, on tiny networks and data.
 
-Each test guards one way the method is easily got wrong (DESIGN.md section 2): the semi loss
+Each test guards one way the method is easily got wrong (the README's "How it is built"): the semi loss
 without gradient, updates leaking between G and D, ignored pixels counted, the semi loss on
 too early, a resumed run that differs from an uninterrupted one, replicas that normalise by
 their local pixel count.
@@ -19,7 +19,7 @@ from keras import layers
 
 from advseg_utils.checkpoints import BestGeneratorCheckpoint, StopOnNonFiniteLoss, restore_latest, train
 from advseg_utils.metrics import mean_iou
-from advseg_utils.schedules import ReduceBothLROnPlateau, paper_optimizers, plateau_optimizers, poly_decay
+from advseg_utils.schedules import paper_optimizers, poly_decay
 from advseg_utils.training import AdvSemiSeg, configure_precision, get_strategy
 
 C = 3  # classes
@@ -394,18 +394,6 @@ def test_paper_optimizers_follow_the_poly_schedule():
         d_optimizer.iterations.assign(step)
         assert float(g_optimizer.learning_rate) == pytest.approx(2.5e-4 * factor, rel=1e-5, abs=1e-12)
         assert float(d_optimizer.learning_rate) == pytest.approx(1e-4 * factor, rel=1e-5, abs=1e-12)
-
-
-def test_reduce_both_lr_on_plateau_halves_g_and_d_together():
-    g_optimizer, d_optimizer = plateau_optimizers(1e-3, 1e-4)
-    model = make_model(g_optimizer=g_optimizer, d_optimizer=d_optimizer, head_lr_multiplier=1.0)
-    callback = ReduceBothLROnPlateau(patience=0, verbose=0)
-    callback.set_model(model)
-    callback.on_train_begin()
-    callback.on_epoch_end(0, {"val_loss_seg": 1.0})
-    callback.on_epoch_end(1, {"val_loss_seg": 2.0})
-    assert float(g_optimizer.learning_rate) == pytest.approx(5e-4)
-    assert float(d_optimizer.learning_rate) == pytest.approx(5e-5)
 
 
 # --- devices and precision -----------------------------------------------------------------

@@ -3,7 +3,6 @@ semi-supervised method, their decoding, validation, the split file's record of t
 on ten labeled images and a folder of mixed formats that trains, resumes equal and reports the
 kept share."""
 import sys
-import warnings
 from pathlib import Path
 
 import keras

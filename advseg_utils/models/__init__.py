@@ -2,7 +2,7 @@
 from advseg_utils.models.backbones import BACKBONES, OUTPUT_STRIDES, WeightsUnavailableError, build_backbone
 from advseg_utils.models.discriminators import build_discriminator
 from advseg_utils.models.efficientnet_lite import imagenet_class_names, imagenet_classifier
-from advseg_utils.models.generators import backbone_variables, build_generator, head_variables
+from advseg_utils.models.generators import backbone_variables, build_generator
 from advseg_utils.models.layers import ImageNetPreprocessing, MaximumLeakyReLU, ResizeLike
 
 __all__ = [
@@ -16,7 +16,6 @@ __all__ = [
     "build_backbone",
     "build_discriminator",
     "build_generator",
-    "head_variables",
     "imagenet_class_names",
     "imagenet_classifier",
 ]

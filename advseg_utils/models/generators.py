@@ -13,7 +13,7 @@ from advseg_utils.models.layers import ImageNetPreprocessing, ResizeLike
 
 def build_generator(
     num_classes: int,
-    backbone: str = "mobilenet_v2",
+    backbone: str = "efficientnet_lite0",
     head: str = "deeplabv3plus",
     weights: str | os.PathLike | None = "imagenet",
     output_stride: int = 16,
@@ -23,9 +23,10 @@ def build_generator(
     """The segmentation network: float32 RGB images in [0, 255] [B, H, W, 3] -> float32 logits
     [B, H, W, num_classes], for any H and W (also under mixed precision).
 
-    backbone: "mobilenet_v2" (fast, the default for free Colab GPUs), "resnet50", "resnet101",
-    "xception", or "efficientnet_lite0"/"1"/"2" (ImageNet weights installed with a package, so
-    they need no download), a nested model named "backbone" (see :func:`backbone_variables`).
+    backbone: "efficientnet_lite0" (the default, the notebooks' backbone), "1" or "2"
+    (ImageNet weights installed with a package, so they need no download), "mobilenet_v2",
+    "resnet50", "resnet101" or "xception", a nested model named "backbone" (see
+    :func:`backbone_variables`).
     head: "deeplabv3plus" (its image pooling needs batches of 2 or more in training, for batch
     norm), or "deeplabv2", the paper's classifier (with "resnet101" and output_stride=8 it is
     the paper's network).
@@ -61,12 +62,6 @@ def build_generator(
 def backbone_variables(generator: keras.Model) -> list[keras.Variable]:
     """The trainable variables of the generator's backbone."""
     return list(generator.get_layer("backbone").trainable_variables)
-
-
-def head_variables(generator: keras.Model) -> list[keras.Variable]:
-    """The trainable variables outside the backbone (the paper trains these 10x faster)."""
-    in_backbone = {id(variable) for variable in backbone_variables(generator)}
-    return [variable for variable in generator.trainable_variables if id(variable) not in in_backbone]
 
 
 def _deeplabv3plus(low_level, high_level, num_classes: int, output_stride: int):

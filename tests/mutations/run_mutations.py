@@ -17,7 +17,7 @@ A registry tool was tried and not used: mutmut 3.8.1 makes 866 anonymous mutants
 files (602 of training.py, 264 of losses.py), each needing a TensorFlow test run of one to two
 minutes on a 2-core machine (about a day in all), and its first, unmutated test run had not
 finished after six minutes. The point here is the named mistakes a port of this method makes
-(DESIGN.md section 2, issue 13), each checked in about two minutes.
+(the README's "How it is built", issue 13), each checked in about two minutes.
 """
 from __future__ import annotations
 
@@ -141,7 +141,7 @@ MUTATIONS = [
         "unlabeled_prediction_detached", TRAINING,
         'logits_u = tf.cast(self.generator(batch["unlabeled_image"], training=True), tf.float32)',
         'logits_u = tf.stop_gradient(tf.cast(self.generator(batch["unlabeled_image"], training=True), tf.float32))',
-        "G's unlabeled prediction as if computed outside the tape (DESIGN.md section 2)",
+        "G's unlabeled prediction as if computed outside the tape",
     ),
     Mutation(
         "d_input_not_detached", TRAINING,
