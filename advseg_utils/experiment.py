@@ -211,7 +211,7 @@ class ExperimentConfig:
 
     @property
     def split_path(self) -> Path:
-        """The split file: ``split_file``, or one per (dataset, fraction, seed) under the project's
+        """The split file: ``split_file``, or one per (dataset, fraction, seed) under :func:`project_dir`'s
         ``data/splits`` (not in ``data_dir``, which may be a read-only dataset folder), so that the
         baseline, adversarial and semi-supervised runs at one fraction share their labels. With
         ``unlabeled_dirs`` its name ends in ``+unlabeled``: the same labels, plus a record of the
@@ -325,10 +325,15 @@ def in_colab() -> bool:
 
 
 def project_dir() -> Path:
-    """Where data and runs go by default: the repository root when the package is used from a
-    clone (``pip install -e .``, as the notebooks' setup does in Colab), else the working folder."""
-    root = Path(__file__).resolve().parents[1]
-    return root if (root / "pyproject.toml").is_file() else Path.cwd()
+    """Where data, splits and runs go by default: the working folder, or the clone of this
+    project that it lies in (a notebook's kernel starts in ``notebooks/``; its data then lands
+    in the clone's ``data/``). Never the installed package's own folder, which may be read-only
+    site-packages (``pip install .``, a wheel)."""
+    cwd = Path.cwd().resolve()
+    for folder in (cwd, *cwd.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "advseg_utils" / "__init__.py").is_file():
+            return folder
+    return cwd
 
 
 def configure(config: ExperimentConfig, strategy: tf.distribute.Strategy | None = None) -> ExperimentConfig:
