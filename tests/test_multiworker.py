@@ -20,7 +20,7 @@ import tensorflow as tf
 from advseg_utils.checkpoints import restore_latest
 from advseg_utils.cluster import CLUSTER_TIMEOUT_ENV, cluster_task, loopback_tf_configs, wait_for_workers
 from advseg_utils.datasets import sample_dataset
-from advseg_utils.experiment import SMOKE_ENV
+from advseg_utils.runtime import SMOKE_ENV
 
 sys.path.insert(0, str(Path(__file__).parent))
 import multiworker_worker as worker  # noqa: E402
