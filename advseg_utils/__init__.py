@@ -8,14 +8,7 @@ from advseg_utils.quiet_import import import_tensorflow_quietly
 
 import_tensorflow_quietly()
 
-from advseg_utils.checkpoints import (
-    BestGeneratorCheckpoint,
-    HistoryLog,
-    StopOnNonFiniteLoss,
-    restore_latest,
-    save_generator,
-    train,
-)
+from advseg_utils.config import METHODS, ExperimentConfig, configure
 from advseg_utils.datasets import (
     CAMVID_CLASSES,
     CITYSCAPES_CLASSES,
@@ -41,7 +34,6 @@ from advseg_utils.download import (
     download_voc_aug_labels,
     extract_archive,
 )
-from advseg_utils.config import METHODS, ExperimentConfig, configure
 from advseg_utils.experiment import (
     build_model,
     examples,
@@ -91,6 +83,14 @@ from advseg_utils.models import (
 from advseg_utils.monitoring import DiscriminatorCollapseWarning, DiscriminatorMonitor
 from advseg_utils.prepare import download_camvid, prepare_voc, prepare_voc_aug
 from advseg_utils.pth import UnsafePickleError, read_pth
+from advseg_utils.runner import (
+    BestGeneratorCheckpoint,
+    HistoryLog,
+    StopOnNonFiniteLoss,
+    restore_latest,
+    save_generator,
+    train,
+)
 from advseg_utils.runtime import (
     accelerator_report,
     configure_precision,

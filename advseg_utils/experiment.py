@@ -21,7 +21,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from advseg_utils.checkpoints import HistoryLog, train
 from advseg_utils.cluster import is_chief
 from advseg_utils.config import ExperimentConfig
 from advseg_utils.datasets import (
@@ -45,6 +44,7 @@ from advseg_utils.file_utils import (
 from advseg_utils.inference import Segmenter, evaluate, recalibrate_batchnorm
 from advseg_utils.models import build_discriminator, build_generator
 from advseg_utils.monitoring import DiscriminatorMonitor
+from advseg_utils.runner import HistoryLog, train
 from advseg_utils.runtime import configure_precision, get_strategy
 from advseg_utils.schedules import paper_optimizers
 from advseg_utils.training import AdvSemiSeg
@@ -236,7 +236,7 @@ def train_model(
     off. With ``val_set`` and ``config.validate_every``, validates during training and
     keeps the best generator in the run folder. ``callbacks`` join the training's own.
     """
-    # tensorboard is a dependency; checkpoints.train names it should it be missing anyway
+    # tensorboard is a dependency; runner.train names it should it be missing anyway
     log_dir = str(config.log_dir) if config.tensorboard else None
     validation = None
     if val_set is not None and config.validate_every:

@@ -50,7 +50,7 @@ class ReduceBothLROnPlateau(keras.callbacks.ReduceLROnPlateau):
     """``keras.callbacks.ReduceLROnPlateau`` on G's rate, with D's rate scaled alike.
 
     Defaults halve both rates when the validation loss (``val_loss_seg``, written by
-    :class:`~advseg_utils.checkpoints.BestGeneratorCheckpoint` or ``fit(validation_data=...)``)
+    :class:`~advseg_utils.runner.BestGeneratorCheckpoint` or ``fit(validation_data=...)``)
     has not improved for ``patience`` epochs.
     """
 

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from advseg_utils.checkpoints import restore_latest
 from advseg_utils.cluster import CLUSTER_TIMEOUT_ENV, cluster_task, loopback_tf_configs, wait_for_workers
 from advseg_utils.datasets import sample_dataset
+from advseg_utils.runner import restore_latest
 from advseg_utils.runtime import SMOKE_ENV
 
 sys.path.insert(0, str(Path(__file__).parent))

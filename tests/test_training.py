@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 from keras import layers
 
-from advseg_utils.checkpoints import BestGeneratorCheckpoint, StopOnNonFiniteLoss, restore_latest, train
+from advseg_utils.runner import BestGeneratorCheckpoint, StopOnNonFiniteLoss, restore_latest, train
 from advseg_utils.metrics import mean_iou
 from advseg_utils.schedules import ReduceBothLROnPlateau, paper_optimizers, plateau_optimizers, poly_decay
 from advseg_utils.runtime import configure_precision, get_strategy
