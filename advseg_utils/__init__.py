@@ -8,14 +8,7 @@ from advseg_utils.quiet_import import import_tensorflow_quietly, tensorflow_quie
 
 import_tensorflow_quietly()
 
-from advseg_utils.checkpoints import (
-    BestGeneratorCheckpoint,
-    HistoryLog,
-    StopOnNonFiniteLoss,
-    restore_latest,
-    save_generator,
-    train,
-)
+from advseg_utils.config import METHODS, ExperimentConfig, configure
 from advseg_utils.datasets import (
     CAMVID_CLASSES,
     CITYSCAPES_CLASSES,
@@ -42,22 +35,12 @@ from advseg_utils.download import (
     extract_archive,
 )
 from advseg_utils.experiment import (
-    METHODS,
-    ExperimentConfig,
-    accelerator_report,
     build_model,
-    configure,
-    demo_mode,
     examples,
-    image_to_segment,
-    in_colab,
     load_datasets,
     load_unlabeled,
-    network_summary,
-    project_dir,
     recalibrate_on_training_crops,
     run_experiment,
-    smoke_mode,
     split_ids,
     train_model,
     training_stream,
@@ -99,14 +82,32 @@ from advseg_utils.models import (
 from advseg_utils.monitoring import DiscriminatorCollapseWarning, DiscriminatorMonitor
 from advseg_utils.prepare import download_camvid, prepare_voc, prepare_voc_aug
 from advseg_utils.pth import UnsafePickleError, read_pth
+from advseg_utils.runner import (
+    BestGeneratorCheckpoint,
+    HistoryLog,
+    StopOnNonFiniteLoss,
+    restore_latest,
+    save_generator,
+    train,
+)
+from advseg_utils.runtime import (
+    accelerator_report,
+    configure_precision,
+    demo_mode,
+    get_strategy,
+    image_to_segment,
+    in_colab,
+    project_dir,
+    smoke_mode,
+)
 from advseg_utils.schedules import paper_optimizers, poly_decay
-from advseg_utils.training import AdvSemiSeg, configure_precision, get_strategy
+from advseg_utils.tables import iou_table, network_summary
+from advseg_utils.training import AdvSemiSeg
 from advseg_utils.unlabeled import merge_unlabeled, unlabeled_folder_dataset
 from advseg_utils.video import sample_frames
 from advseg_utils.viz import (
     class_legend,
     colorize_mask,
-    iou_table,
     overlay,
     plot_history,
     plot_overlay,

@@ -1,7 +1,7 @@
 """Training on several machines: the cluster ``TF_CONFIG`` describes, and each worker's role in it.
 
 Every worker runs the same script with its own ``TF_CONFIG`` (the same ``cluster``, its own
-``task``); :func:`~advseg_utils.training.get_strategy` then returns a
+``task``); :func:`~advseg_utils.runtime.get_strategy` then returns a
 ``tf.distribute.MultiWorkerMirroredStrategy``. Worker 0 (or the ``chief`` task, when the
 cluster names one) is the chief: it alone writes the run folder (checkpoints, logs, history,
 the split, the generator). The others write what ``tf.train.Checkpoint`` makes them write to a
@@ -93,7 +93,7 @@ def worker_count(strategy: tf.distribute.Strategy | None = None) -> int:
 
 def worker_index(strategy: tf.distribute.Strategy | None = None) -> int:
     """This worker's position (0 is the chief) under ``strategy``; without one, as ``TF_CONFIG``
-    says (what :func:`~advseg_utils.training.get_strategy` will make of it)."""
+    says (what :func:`~advseg_utils.runtime.get_strategy` will make of it)."""
     if strategy is None:
         task = cluster_task()
         return 0 if task is None else task.index

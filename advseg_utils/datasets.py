@@ -52,7 +52,9 @@ CITYSCAPES_LABEL_REMAP = dict.fromkeys(range(256), 255) | {
     label_id: train_id for train_id, label_id in enumerate(_CITYSCAPES_EVALUATED_LABEL_IDS)
 }
 
-SAMPLE_ROOT = Path(__file__).resolve().parents[1] / "data" / "sample"
+#: The bundled sample dataset: package data, so it ships in the wheel (regenerate it with
+#: ``python data/make_sample.py`` from a clone).
+SAMPLE_ROOT = Path(__file__).with_name("sample_data")
 
 
 @dataclass(frozen=True, repr=False)
@@ -284,12 +286,12 @@ def cityscapes_dataset(root: PathLike, split: str = "train") -> SegDataset:
 
 
 def sample_dataset(split: str = "train") -> SegDataset:
-    """The small synthetic dataset bundled in ``data/sample`` (VOC layout and classes), ``train``
-    or ``val``."""
+    """The small synthetic dataset bundled with the package (:data:`SAMPLE_ROOT`, VOC layout and
+    classes), ``train`` or ``val``."""
     _require(
         SAMPLE_ROOT,
-        f"bundled sample dataset not found at {SAMPLE_ROOT}: it ships with the repository, so install "
-        "the package from a clone (pip install -e .), or regenerate it with python data/make_sample.py.",
+        f"bundled sample dataset not found at {SAMPLE_ROOT}: it ships inside the package, so "
+        "reinstall it (pip install .), or regenerate it from a clone with python data/make_sample.py.",
     )
     return dataclasses.replace(voc_dataset(SAMPLE_ROOT, split), name=f"sample-{split}")
 

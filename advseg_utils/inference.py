@@ -19,7 +19,7 @@ from advseg_utils.metrics import (
     original_mean_iou_from_confusion,
     pixel_accuracy_from_confusion,
 )
-from advseg_utils.viz import iou_table
+from advseg_utils.tables import iou_table
 from advseg_utils.voc_gen import VOCGen
 
 

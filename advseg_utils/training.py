@@ -16,13 +16,12 @@ with respect to D's input map (taken through D, whose weights receive nothing), 
 through the softmax into G. D thus runs once per map (three times in a semi-supervised step).
 
 Build the networks, this model and ``compile`` under ``strategy.scope()`` when training on
-several devices (:func:`get_strategy`); call :func:`configure_precision` before building the
+several devices (:func:`~advseg_utils.runtime.get_strategy`); call
+:func:`~advseg_utils.runtime.configure_precision` before building the
 networks for mixed precision.
 """
 from __future__ import annotations
 
-import glob
-import os
 import warnings
 from typing import NamedTuple
 
@@ -30,7 +29,7 @@ import keras
 import tensorflow as tf
 
 from advseg_utils import losses
-from advseg_utils.cluster import cluster_task, multi_worker_strategy, worker_count
+from advseg_utils.cluster import worker_count
 from advseg_utils.metrics import GlobalMean, MeanIoU
 from advseg_utils.models import backbone_variables
 
@@ -379,54 +378,3 @@ def _lr_multipliers(generator: keras.Model, head_multiplier: float) -> tuple[flo
     except ValueError:
         return (1.0,) * len(generator.trainable_variables)
     return tuple(1.0 if id(v) in in_backbone else float(head_multiplier) for v in generator.trainable_variables)
-
-
-# --- devices and precision -----------------------------------------------------------------
-
-
-def get_strategy() -> tf.distribute.Strategy:
-    """A MultiWorkerMirroredStrategy when ``TF_CONFIG`` describes a cluster of several workers
-    (:mod:`advseg_utils.cluster`), a TPUStrategy on a (Colab/Kaggle) TPU, a MirroredStrategy on
-    several GPUs, else the default strategy (one device)."""
-    task = cluster_task()
-    if task is not None:
-        return multi_worker_strategy(task)
-    resolver = _tpu_resolver()
-    if resolver is not None:
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
-    if len(tf.config.list_logical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def _tpu_resolver():
-    """The TPU cluster resolver when this machine has a TPU, else None."""
-    if os.environ.get("COLAB_TPU_ADDR") or os.environ.get("TPU_NAME"):  # a TPU node
-        return tf.distribute.cluster_resolver.TPUClusterResolver()
-    if glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"):  # a TPU VM's chips
-        try:
-            return tf.distribute.cluster_resolver.TPUClusterResolver(tpu="local")
-        except (ValueError, RuntimeError, tf.errors.OpError):
-            return None
-    return None
-
-
-def configure_precision(policy: str = "auto", strategy: tf.distribute.Strategy | None = None) -> str:
-    """Sets Keras's global dtype policy (call before building the networks) and returns it.
-
-    ``"auto"``: ``mixed_bfloat16`` under a TPUStrategy, ``mixed_float16`` when a GPU is
-    present, ``float32`` otherwise. Losses are computed in float32 whatever the policy, and
-    :meth:`AdvSemiSeg.compile` adds loss scaling under ``mixed_float16``. XLA is a separate
-    switch: ``model.compile(..., jit_compile=True)`` (Keras's default "auto" uses it on GPUs).
-    """
-    if policy == "auto":
-        if isinstance(strategy, tf.distribute.TPUStrategy):
-            policy = "mixed_bfloat16"
-        elif tf.config.list_logical_devices("GPU"):
-            policy = "mixed_float16"
-        else:
-            policy = "float32"
-    keras.mixed_precision.set_global_policy(policy)
-    return policy

@@ -1,5 +1,6 @@
-"""Pictures and tables for the notebooks: colourised masks, overlays, sample and prediction
-grids with the discriminator's confidence map, pseudo-labels, per-class IoU and loss curves.
+"""Pictures for the notebooks: colourised masks, overlays, sample and prediction grids with the
+discriminator's confidence map, pseudo-labels, per-class IoU and loss curves (the text tables
+are :mod:`advseg_utils.tables`').
 
 Every plot function returns a closed matplotlib Figure: a notebook shows it by ending a cell
 with it (or ``display(fig)``), saves it with ``fig.savefig``, and nothing piles up in pyplot.
@@ -15,6 +16,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from advseg_utils.tables import checked_iou, mean_of_present
+
 #: History keys plotted together, with the subplot title; ``val_<key>`` joins its key.
 HISTORY_GROUPS = (
     ("generator losses", ("loss", "loss_seg", "loss_semi")),
@@ -25,9 +28,6 @@ HISTORY_GROUPS = (
     ("pseudo-label accuracy (true labels)", ("pseudo_acc_all", "pseudo_acc_kept")),
     ("mean IoU", ("mean_iou",)),
 )
-
-#: The row of :func:`iou_table` that holds the original code's mean IoU.
-ORIGINAL_MEAN_LABEL = "mean, original code's formula (classes with a true positive)"
 
 _CELL_INCHES = 3.0
 
@@ -162,8 +162,8 @@ def plot_overlay(
 
 def plot_per_class_iou(iou, class_names: Sequence[str], mean: float | None = None) -> Figure:
     """Horizontal bars of per-class IoU in %, classes that did not occur (NaN) marked "absent"."""
-    iou = _check_iou(iou, class_names)
-    mean = _mean_of_present(iou) if mean is None else mean
+    iou = checked_iou(iou, class_names)
+    mean = mean_of_present(iou) if mean is None else mean
     fig, axis = plt.subplots(figsize=(6, 0.3 * len(iou) + 1), layout="constrained")
     rows = np.arange(len(iou))
     percent = 100 * np.nan_to_num(iou, nan=0.0)
@@ -210,23 +210,6 @@ def plot_history(history) -> Figure:
     return _closed(fig)
 
 
-def iou_table(
-    iou, class_names: Sequence[str], mean: float | None = None, original_mean: float | None = None
-) -> str:
-    """A markdown table of per-class IoU in % (absent classes say so), ending with the mean and,
-    when given, the original code's mean (over the classes with a true positive only)."""
-    iou = _check_iou(iou, class_names)
-    mean = _mean_of_present(iou) if mean is None else mean
-    rows = [(name, "absent" if np.isnan(value) else f"{100 * value:.1f}") for name, value in zip(class_names, iou)]
-    rows.append(("**mean**", f"{100 * mean:.1f}"))
-    if original_mean is not None:
-        rows.append((ORIGINAL_MEAN_LABEL, f"{100 * original_mean:.1f}"))
-    width = max(len("class"), *(len(name) for name, _ in rows))
-    lines = [f"| {'class':<{width}} | IoU (%) |", f"|{'-' * (width + 2)}|--------:|"]
-    lines += [f"| {name:<{width}} | {value:>7} |" for name, value in rows]
-    return "\n".join(lines)
-
-
 # --- helpers -------------------------------------------------------------------------------------
 
 
@@ -264,16 +247,3 @@ def _closed(fig: Figure) -> Figure:
     """Detach the figure from pyplot so it is shown once (when returned) and never leaks."""
     plt.close(fig)
     return fig
-
-
-def _check_iou(iou, class_names: Sequence[str]) -> np.ndarray:
-    iou = np.asarray(iou, dtype=np.float64)
-    if iou.shape != (len(class_names),):
-        raise ValueError(f"iou has shape {iou.shape}; expected one value per class name ({len(class_names)},)")
-    return iou
-
-
-def _mean_of_present(iou: np.ndarray) -> float:
-    """Mean over non-NaN values, NaN when every class is absent (no RuntimeWarning)."""
-    present = iou[~np.isnan(iou)]
-    return float(present.mean()) if present.size else float("nan")

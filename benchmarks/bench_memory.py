@@ -42,7 +42,8 @@ def peak_rss_mib():
 CHILD = PEAK_RSS + """
 import json
 import tensorflow as tf
-from advseg_utils.experiment import ExperimentConfig, configure, load_datasets, run_experiment
+from advseg_utils.config import ExperimentConfig, configure
+from advseg_utils.experiment import load_datasets, run_experiment
 
 method = sys.argv[1]
 config = configure(ExperimentConfig(name="memory-" + method, method=method if method != "reference" else "baseline",

@@ -25,8 +25,9 @@ WORKER_FLAG = "--as-worker"
 def measure(args: argparse.Namespace) -> dict:
     """Trains ``args.warmup`` then ``args.steps`` iterations here; returns images/s of the latter."""
     from advseg_utils.cluster import worker_count, worker_index
-    from advseg_utils.experiment import ExperimentConfig, build_model, configure, load_datasets, split_ids, training_stream
-    from advseg_utils.training import get_strategy
+    from advseg_utils.config import ExperimentConfig, configure
+    from advseg_utils.experiment import build_model, load_datasets, split_ids, training_stream
+    from advseg_utils.runtime import get_strategy
 
     strategy = get_strategy()
     config = ExperimentConfig(

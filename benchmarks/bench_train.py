@@ -30,8 +30,9 @@ import keras
 import tensorflow as tf
 
 from advseg_utils.models import build_discriminator, build_generator
+from advseg_utils.runtime import configure_precision
 from advseg_utils.schedules import paper_optimizers
-from advseg_utils.training import AdvSemiSeg, configure_precision
+from advseg_utils.training import AdvSemiSeg
 from machine_info import machine
 from synthetic_batches import NUM_CLASSES, synthetic_arrays
 

@@ -163,7 +163,7 @@ def advseg_worker(mode: str, options: argparse.Namespace) -> None:
     import tensorflow as tf
 
     import bench_train
-    from advseg_utils.training import configure_precision
+    from advseg_utils.runtime import configure_precision
     from flops import function_flops
 
     _send({})

@@ -1,10 +1,11 @@
-"""Regenerate the bundled sample dataset in data/sample (deterministic, synthetic, VOC layout).
+"""Regenerate the sample dataset bundled as package data in advseg_utils/sample_data
+(deterministic, synthetic, VOC layout).
 
 Each image is a noisy background with one to three shapes of four VOC classes. Every class has
 its own colour, shape and texture, so a tiny network learns to segment them in a few dozen steps;
 the masks are palette PNGs with a 255 band on object borders, like real VOC annotations.
 
-    python data/make_sample.py [--out data/sample]
+    python data/make_sample.py [--out advseg_utils/sample_data]
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from advseg_utils.datasets import VOC_CLASSES, voc_palette
+from advseg_utils.datasets import SAMPLE_ROOT, VOC_CLASSES, voc_palette
 
 NUM_TRAIN, NUM_VAL = 24, 8
 SIZES = ((96, 128), (128, 96), (96, 96), (80, 128), (112, 144), (96, 160))  # (height, width)
@@ -99,5 +100,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "sample")
+    parser.add_argument("--out", type=Path, default=SAMPLE_ROOT)
     write_sample(parser.parse_args().out)

@@ -18,9 +18,11 @@ import numpy as np
 from keras import layers
 
 from advseg_utils.cluster import worker_index
-from advseg_utils.experiment import ExperimentConfig, configure, load_datasets, split_ids, train_model
+from advseg_utils.config import ExperimentConfig, configure
+from advseg_utils.experiment import load_datasets, split_ids, train_model
 from advseg_utils.schedules import paper_optimizers
-from advseg_utils.training import AdvSemiSeg, get_strategy
+from advseg_utils.runtime import get_strategy
+from advseg_utils.training import AdvSemiSeg
 
 STEPS, CHECKPOINT_EVERY = 4, 2
 

@@ -170,7 +170,7 @@ def test_sample_dataset_is_bundled_in_voc_layout():
     assert Image.open(train.mask_paths[0]).mode == "P"
     classes = set(np.unique(np.concatenate([load_mask(path).ravel() for path in train.mask_paths])).tolist())
     assert classes == {0, 1, 7, 8, 15, 255}  # background, four object classes, borders
-    total_bytes = sum(path.stat().st_size for path in (REPO / "data" / "sample").rglob("*") if path.is_file())
+    total_bytes = sum(path.stat().st_size for path in datasets.SAMPLE_ROOT.rglob("*") if path.is_file())
     assert total_bytes < 2_000_000
 
 

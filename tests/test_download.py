@@ -37,7 +37,8 @@ from advseg_utils.download import (
     download_voc_aug_labels,
     extract_archive,
 )
-from advseg_utils.experiment import ExperimentConfig, load_datasets
+from advseg_utils.config import ExperimentConfig
+from advseg_utils.experiment import load_datasets
 from advseg_utils.file_utils import DatasetError, load_img, load_mask
 from advseg_utils.prepare import download_camvid
 

@@ -18,9 +18,9 @@ from keras import layers
 from PIL import Image
 
 import advseg_utils.download as download
-from advseg_utils.checkpoints import restore_latest, save_generator, train
 from advseg_utils.datasets import folder_dataset, validate_dataset
 from advseg_utils.file_utils import DatasetError, load_img, load_mask
+from advseg_utils.runner import restore_latest, save_generator, train
 from advseg_utils.training import AdvSemiSeg
 from advseg_utils.voc_gen import VOCGen
 

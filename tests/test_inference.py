@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from advseg_utils import EvaluationResult, recalibrate_batchnorm
-from advseg_utils.viz import ORIGINAL_MEAN_LABEL
+from advseg_utils.tables import ORIGINAL_MEAN_LABEL
 
 
 def _generator_with_batchnorm(frozen: bool) -> keras.Model:

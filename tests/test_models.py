@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from advseg_utils.checkpoints import save_generator
+from advseg_utils.runner import save_generator
 from advseg_utils.models import (
     ImageNetPreprocessing,
     MaximumLeakyReLU,

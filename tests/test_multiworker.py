@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from advseg_utils.checkpoints import restore_latest
 from advseg_utils.cluster import CLUSTER_TIMEOUT_ENV, cluster_task, loopback_tf_configs, wait_for_workers
 from advseg_utils.datasets import sample_dataset
-from advseg_utils.experiment import SMOKE_ENV
+from advseg_utils.runner import restore_latest
+from advseg_utils.runtime import SMOKE_ENV
 
 sys.path.insert(0, str(Path(__file__).parent))
 import multiworker_worker as worker  # noqa: E402
@@ -28,6 +28,7 @@ import multiworker_worker as worker  # noqa: E402
 pytestmark = pytest.mark.multiworker
 METHODS = ("baseline", "adversarial", "semi")
 WORKER = str(Path(__file__).parent / "multiworker_worker.py")
+REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 420  # per cluster run: generous, this machine's two cores are often shared
 
 
@@ -35,6 +36,9 @@ def start_cluster(run_root: Path, out: Path, *args: str, configs=None, wait_s=30
     """Worker processes (by default a loopback cluster of two) running multiworker_worker.py."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3", CLUSTER_TIMEOUT_ENV: str(wait_s)}
     env.pop(SMOKE_ENV, None)
+    # The workers import this checkout's package, not whichever copy is installed (a script's
+    # own folder, tests/, is all that Python puts on the path).
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     return [
         subprocess.Popen(
             [sys.executable, WORKER, "--run-root", str(run_root), "--out", str(out), *args],

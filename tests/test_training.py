@@ -17,10 +17,11 @@ import pytest
 import tensorflow as tf
 from keras import layers
 
-from advseg_utils.checkpoints import BestGeneratorCheckpoint, StopOnNonFiniteLoss, restore_latest, train
+from advseg_utils.runner import BestGeneratorCheckpoint, StopOnNonFiniteLoss, restore_latest, train
 from advseg_utils.metrics import mean_iou
 from advseg_utils.schedules import paper_optimizers, poly_decay
-from advseg_utils.training import AdvSemiSeg, configure_precision, get_strategy
+from advseg_utils.runtime import configure_precision, get_strategy
+from advseg_utils.training import AdvSemiSeg
 
 C = 3  # classes
 

@@ -11,9 +11,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from advseg_utils.config import ExperimentConfig
 from advseg_utils.datasets import validate_dataset
 from advseg_utils.experiment import (
-    ExperimentConfig,
     build_model,
     load_datasets,
     load_unlabeled,

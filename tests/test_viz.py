@@ -11,10 +11,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from advseg_utils.datasets import sample_dataset  # noqa: E402
+from advseg_utils.tables import iou_table
 from advseg_utils.viz import (  # noqa: E402
     class_legend,
     colorize_mask,
-    iou_table,
     overlay,
     plot_history,
     plot_overlay,
