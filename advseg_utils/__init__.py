@@ -62,6 +62,13 @@ from advseg_utils.file_utils import (
     save_split,
 )
 from advseg_utils.inference import EvaluationResult, Prediction, Segmenter, evaluate, recalibrate_batchnorm, segment
+from advseg_utils.method import (
+    METHOD_CLASSES,
+    Adversarial,
+    Baseline,
+    SegmentationTrainer,
+    SemiSupervised,
+)
 from advseg_utils.metrics import (
     ConfusionMatrix,
     MeanIoU,
@@ -102,7 +109,6 @@ from advseg_utils.runtime import (
 )
 from advseg_utils.schedules import paper_optimizers, poly_decay
 from advseg_utils.tables import iou_table, network_summary
-from advseg_utils.training import AdvSemiSeg
 from advseg_utils.unlabeled import merge_unlabeled, unlabeled_folder_dataset
 from advseg_utils.video import sample_frames
 from advseg_utils.viz import (

@@ -17,7 +17,7 @@ from typing import Any
 import tensorflow as tf
 
 from advseg_utils.runtime import demo_mode, project_dir, smoke_mode, temporary_run_dir
-from advseg_utils.training import DISCRIMINATOR_INPUTS
+from advseg_utils.method.adversarial import DISCRIMINATOR_INPUTS
 
 DATASETS = ("voc_aug", "voc", "camvid", "cityscapes", "folder", "sample")
 #: baseline: cross-entropy only; adversarial: + D on labeled data; semi: + unlabeled data.
@@ -46,7 +46,7 @@ class ExperimentConfig:
     is how many items :func:`~advseg_utils.datasets.validate_dataset` fully decodes (None: all,
     under a minute for VOC; a corrupt file then fails here, named, rather than mid-training).
     The paper's own generator is ``backbone="resnet101", head="deeplabv2", output_stride=8``.
-    ``discriminator_input`` is what D sees of G's prediction (:class:`AdvSemiSeg`): the paper's
+    ``discriminator_input`` is what D sees of G's prediction (:class:`~advseg_utils.method.adversarial.Adversarial`): the paper's
     ``"softmax"``, or ``"argmax"``, G's arg-max as one-hot, which leaves D only the maps' content
     to judge (benchmarks/README.md: on CamVid the paper's D judges softness).
     ``precision="auto"`` is mixed precision on GPUs and TPUs, float32 on CPUs.

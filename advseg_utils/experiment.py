@@ -4,7 +4,7 @@ one, and :func:`run_experiment`, which chains the very same calls for scripts.
 * data: :func:`load_datasets` (fetches PASCAL VOC and SBD when absent), :func:`split_ids`
   (the labeled/unlabeled split, written to a file and reused), :func:`load_unlabeled` (folders
   of images nobody labeled), :func:`examples`;
-* networks: :func:`build_model` (G, D and the compiled :class:`~advseg_utils.training.AdvSemiSeg`);
+* networks: :func:`build_model` (G, D and the compiled training model of :mod:`advseg_utils.method`);
 * training: :func:`train_model` (resumable, TensorBoard logs, a loss history that survives
   restarts).
 
@@ -42,12 +42,12 @@ from advseg_utils.file_utils import (
     save_split,
 )
 from advseg_utils.inference import Segmenter, evaluate, recalibrate_batchnorm
+from advseg_utils.method import METHOD_CLASSES, SegmentationTrainer
 from advseg_utils.models import build_discriminator, build_generator
 from advseg_utils.monitoring import DiscriminatorMonitor
 from advseg_utils.runner import HistoryLog, train
 from advseg_utils.runtime import configure_precision, get_strategy
 from advseg_utils.schedules import paper_optimizers
-from advseg_utils.training import AdvSemiSeg
 from advseg_utils.unlabeled import merge_unlabeled, unlabeled_folder_dataset
 from advseg_utils.voc_gen import VOCGen
 
@@ -165,35 +165,34 @@ def examples(
 
 
 def build_model(
-    config: ExperimentConfig, train_set: SegDataset, strategy: tf.distribute.Strategy | None = None
-) -> AdvSemiSeg:
+    config: ExperimentConfig,
+    train_set: SegDataset,
+    strategy: tf.distribute.Strategy | None = None,
+    method: type[SegmentationTrainer] | None = None,
+    make_generator: Callable[..., keras.Model] = build_generator,
+    make_discriminator: Callable[..., keras.Model] = build_discriminator,
+) -> SegmentationTrainer:
     """G (and D unless the method is the baseline) in the compiled training model, with the
     paper's optimisers decayed over ``config.steps``, built under ``strategy`` with the
-    configured precision; initial weights depend on ``config.seed`` only."""
+    configured precision; initial weights depend on ``config.seed`` only.
+
+    ``method`` is the training model's class (default: :data:`METHOD_CLASSES`\ ``[config.method]``);
+    ``make_generator`` and ``make_discriminator`` build the networks. A notebook passes the ones
+    its cells define, so that a change made there is the one that trains. The method's
+    constructor receives the configuration's values of the options it names (``method.options``).
+    """
     strategy = strategy or tf.distribute.get_strategy()
+    method = method or METHOD_CLASSES[config.method]
     configure_precision(config.precision, strategy)
     keras.utils.set_random_seed(config.seed)
     num_classes = train_set.num_classes
     with strategy.scope():
-        generator = build_generator(
+        generator = make_generator(
             num_classes, config.backbone, config.head, config.weights, config.output_stride, config.freeze_batchnorm
         )
-        discriminator = build_discriminator(num_classes, config.discriminator) if config.adversarial else None
-        model = AdvSemiSeg(
-            generator,
-            discriminator,
-            num_classes=num_classes,
-            lambda_adv=config.lambda_adv,
-            lambda_semi_adv=config.lambda_semi_adv,
-            lambda_semi=config.lambda_semi,
-            t_semi=config.t_semi,
-            semi_start=config.semi_start,
-            ignore_label=train_set.ignore_label,
-            head_lr_multiplier=config.head_lr_multiplier,
-            weight_decay=config.weight_decay,
-            accumulation_steps=config.accumulation_steps,
-            discriminator_input=config.discriminator_input,
-        )
+        discriminator = make_discriminator(num_classes, config.discriminator) if config.adversarial else None
+        options = {name: getattr(config, name) for name in method.options}
+        model = method(generator, discriminator, num_classes=num_classes, ignore_label=train_set.ignore_label, **options)
         g_optimizer, d_optimizer = paper_optimizers(config.steps, config.learning_rate_g, config.learning_rate_d)
         model.compile(g_optimizer, d_optimizer if discriminator is not None else None, jit_compile=config.jit_compile)
     return model
@@ -203,23 +202,25 @@ def build_model(
 
 
 def training_stream(
-    config: ExperimentConfig, train_set: SegDataset, labeled_ids: Sequence[str], unlabeled_ids: Sequence[str] = ()
+    config: ExperimentConfig,
+    train_set: SegDataset,
+    labeled_ids: Sequence[str],
+    unlabeled_ids: Sequence[str] = (),
+    method: type[SegmentationTrainer] | None = None,
 ) -> Callable[[int], tf.data.Dataset]:
-    """``step -> dataset`` of the method's training batches, positioned at iteration ``step``;
-    the semi-supervised method's unlabeled images are :func:`unlabeled_training_set`'s."""
+    """``step -> dataset`` of the method's training batches (its ``training_batches``; default
+    method: :data:`METHOD_CLASSES`\ ``[config.method]``), positioned at iteration ``step``; the
+    semi-supervised method's unlabeled images are :func:`unlabeled_training_set`'s."""
+    method = method or METHOD_CLASSES[config.method]
     data = VOCGen(train_set, crop_size=(config.crop_size, config.crop_size), batch_size=config.batch_size, seed=config.seed)
-    if config.method == "baseline":
-        return lambda step: data.train(step, ids=labeled_ids)
-    if config.method == "adversarial":
-        return lambda step: data.adversarial(step, ids=labeled_ids)
-    unlabeled = unlabeled_training_set(train_set, unlabeled_ids, load_unlabeled(config))
-    # The unlabeled images' true labels, where every one has them, feed the pseudo-label
-    # accuracy logs only (AdvSemiSeg's pseudo_acc_all / pseudo_acc_kept), never a loss.
-    return lambda step: data.semi_supervised(labeled_ids, unlabeled, step, unlabeled_labels=unlabeled.labeled)
+    unlabeled = None
+    if config.method == "semi":
+        unlabeled = unlabeled_training_set(train_set, unlabeled_ids, load_unlabeled(config))
+    return method.training_batches(data, labeled_ids, unlabeled)
 
 
 def train_model(
-    model: AdvSemiSeg,
+    model: SegmentationTrainer,
     config: ExperimentConfig,
     train_set: SegDataset,
     labeled_ids: Sequence[str],
@@ -243,7 +244,7 @@ def train_model(
         validation = VOCGen(val_set).evaluation()
     history_log = HistoryLog(config.run_dir / HISTORY_FILE)
     monitors = [DiscriminatorMonitor()] if config.adversarial else []  # warns when D has won or learns nothing
-    stream = training_stream(config, train_set, labeled_ids, unlabeled_ids)
+    stream = training_stream(config, train_set, labeled_ids, unlabeled_ids, type(model))
     train(
         model,
         stream,

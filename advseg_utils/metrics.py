@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from advseg_utils.losses import replica_sum
+from advseg_utils.method.reduction import replica_sum
 
 # --- the shared maths (tensors in, tensors out; graph-safe) ----------------------------------
 
@@ -154,7 +154,7 @@ class ConfusionMatrix:
 @keras.saving.register_keras_serializable(package="advseg")
 class GlobalMean(keras.metrics.Mean):
     """``keras.metrics.Mean`` of values that are already global (identical on every replica, as
-    :func:`advseg_utils.losses.replica_sum` makes them): each update counts once, however many
+    :func:`advseg_utils.method.reduction.replica_sum` makes them): each update counts once, however many
     replicas make it.
 
     Keras's own metric variables sum the replicas' updates, which Keras 3.8 and 3.9 get wrong

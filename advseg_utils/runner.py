@@ -29,10 +29,10 @@ import tensorflow as tf
 
 from advseg_utils.atomic import atomic_path, write_text_atomically
 from advseg_utils.cluster import is_chief, remove_scratch, worker_count, write_dir
-from advseg_utils.training import AdvSemiSeg
+from advseg_utils.method.trainer import SegmentationTrainer
 
 
-def training_checkpoint(model: AdvSemiSeg) -> tf.train.Checkpoint:
+def training_checkpoint(model: SegmentationTrainer) -> tf.train.Checkpoint:
     """A ``tf.train.Checkpoint`` of everything a resumed run needs (the model must be compiled)."""
     state = {"generator": model.generator, "g_optimizer": model.g_optimizer, "iteration": model.iteration}
     if model.discriminator is not None:
@@ -40,7 +40,7 @@ def training_checkpoint(model: AdvSemiSeg) -> tf.train.Checkpoint:
     return tf.train.Checkpoint(**state)
 
 
-def restore_latest(model: AdvSemiSeg, checkpoint_dir: str) -> int:
+def restore_latest(model: SegmentationTrainer, checkpoint_dir: str) -> int:
     """Restores the newest checkpoint in ``checkpoint_dir`` (if any); returns the iteration."""
     latest = tf.train.latest_checkpoint(checkpoint_dir)
     if latest is not None:
@@ -194,7 +194,7 @@ class _StopAtStep(keras.callbacks.Callback):
 
 
 def train(
-    model: AdvSemiSeg,
+    model: SegmentationTrainer,
     make_dataset: Callable[[int], tf.data.Dataset],
     total_steps: int,
     checkpoint_dir: str,
@@ -212,7 +212,7 @@ def train(
     checkpoint in ``checkpoint_dir`` if there is one.
 
     ``make_dataset(step)`` must return the training stream positioned at iteration ``step``
-    (e.g. ``lambda step: gen.semi_supervised(labeled, unlabeled, start_step=step)``). Keras
+    (e.g. ``SemiSupervised.training_batches(gen, labeled, unlabeled)``). Keras
     epochs are chunks of ``checkpoint_every`` iterations; a checkpoint (the last ``keep`` are
     kept) is written at the end of each. With ``validation_data``, the generator is validated
     every ``validate_every`` iterations (rounded up to a chunk end; default: every chunk) and
@@ -256,7 +256,7 @@ def train(
     first_epoch = step // checkpoint_every
     try:
         return model.fit(
-            make_dataset(step),
+            make_dataset(step).with_options(_sharded_by_element()),
             steps_per_epoch=checkpoint_every,
             initial_epoch=first_epoch,
             epochs=first_epoch + math.ceil((total_steps - step) / checkpoint_every),
@@ -268,6 +268,15 @@ def train(
         raise FloatingPointError(f"{error}; {_resume_point(checkpoint_dir)}") from error
     finally:
         remove_scratch(checkpoint_dir, strategy)
+
+
+def _sharded_by_element() -> tf.data.Options:
+    """Across workers, each takes its share of every global batch, so that batch k stays a
+    function of (seed, k): sharding by element, as the data layer reads files inside ``map``,
+    not with a file-reading dataset that Keras could shard by file."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return options
 
 
 def _resume_point(checkpoint_dir: str) -> str:

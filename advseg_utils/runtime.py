@@ -158,7 +158,7 @@ def configure_precision(policy: str = "auto", strategy: tf.distribute.Strategy |
 
     ``"auto"``: ``mixed_bfloat16`` under a TPUStrategy, ``mixed_float16`` when a GPU is
     present, ``float32`` otherwise. Losses are computed in float32 whatever the policy, and
-    :meth:`AdvSemiSeg.compile` adds loss scaling under ``mixed_float16``. XLA is a separate
+    :meth:`SegmentationTrainer.compile` adds loss scaling under ``mixed_float16``. XLA is a separate
     switch: ``model.compile(..., jit_compile=True)`` (Keras's default "auto" uses it on GPUs).
     """
     if policy == "auto":

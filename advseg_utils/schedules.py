@@ -1,7 +1,7 @@
 """Optimisers and learning-rate schedules as the paper has them.
 
 The paper (after DeepLab): G by SGD with momentum 0.9 and coupled weight decay 5e-4
-(:class:`~advseg_utils.training.AdvSemiSeg`'s ``weight_decay``), learning rate 2.5e-4 with
+(:class:`~advseg_utils.method.trainer.SegmentationTrainer`'s ``weight_decay``), learning rate 2.5e-4 with
 10x on the head (its ``head_lr_multiplier``); D by Adam at 1e-4 with betas (0.9, 0.99); both
 rates decayed as ``lr * (1 - step / total_steps) ** 0.9``. The schedules are keyed on each
 optimiser's own iteration counter, which checkpoints save, so a resumed run continues them.

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from advseg_utils.training import AdvSemiSeg
+    from advseg_utils.method.trainer import SegmentationTrainer
 
 #: The row of :func:`iou_table` that holds the original code's mean IoU.
 ORIGINAL_MEAN_LABEL = "mean, original code's formula (classes with a true positive)"
@@ -31,7 +31,7 @@ def iou_table(
     return "\n".join(lines)
 
 
-def network_summary(model: AdvSemiSeg) -> str:
+def network_summary(model: SegmentationTrainer) -> str:
     """A short table of the networks' parameter counts, G's split into backbone and head
     (a full summary of a backbone runs to pages)."""
     generator = model.generator

@@ -13,7 +13,6 @@ random ops only. Batch ``k`` is therefore a pure function of ``(seed, k)``, and
 
 from __future__ import annotations
 
-import enum
 import os
 from collections.abc import Sequence
 
@@ -24,14 +23,6 @@ from advseg_utils.file_utils import DatasetError, load_img, load_mask
 
 IMAGENET_MEAN_RGB = (123.68, 116.78, 103.94)
 _RNG = "philox"  # named rather than auto-selected, so streams do not depend on the device
-
-
-class _Stream(enum.IntEnum):
-    """Independent random streams: each has its own shuffling and augmentation."""
-
-    LABELED = 0
-    UNLABELED = 1
-    DISCRIMINATOR_LABELS = 2
 
 
 class VOCGen:
@@ -66,62 +57,43 @@ class VOCGen:
         self.image_fill = _image_fill(pad_image_value)
         self.seed = seed
 
-    def train(self, start_step: int = 0, ids: Sequence[str] | None = None) -> tf.data.Dataset:
-        """Infinite augmented batches ``{"image", "label"}`` of the labeled ``ids`` (default: all)."""
-        return self._stream(self._labeled(ids), _Stream.LABELED, start_step, keys=("image", "label"))
-
-    def unlabeled(self, start_step: int = 0, ids: Sequence[str] | None = None) -> tf.data.Dataset:
-        """Infinite augmented batches ``{"image"}`` of ``ids`` (default: all), masks never read."""
-        return self._stream(self._subset(ids), _Stream.UNLABELED, start_step, keys=("image",))
-
-    def adversarial(self, start_step: int = 0, ids: Sequence[str] | None = None) -> tf.data.Dataset:
-        """Labeled batches plus ``"d_label"``: the labels of an independently shuffled labeled
-        batch, the discriminator's "real" examples."""
-        labeled = self._labeled(ids)
-        streams = (
-            self._stream(labeled, _Stream.LABELED, start_step, keys=("image", "label")),
-            self._stream(labeled, _Stream.DISCRIMINATOR_LABELS, start_step, keys=("label",)),
-        )
-        return tf.data.Dataset.zip(streams).map(lambda batch, real: {**batch, "d_label": real["label"]})
-
-    def semi_supervised(
-        self,
-        labeled_ids: Sequence[str],
-        unlabeled: Sequence[str] | SegDataset,
-        start_step: int = 0,
-        unlabeled_labels: bool = False,
+    def train(
+        self, start_step: int = 0, ids: Sequence[str] | None = None, *, stream: int = 0, labels_only: bool = False
     ) -> tf.data.Dataset:
-        """Batches ``{"image", "label", "unlabeled_image", "d_label"}`` for semi-supervised training.
+        """Infinite augmented batches ``{"image", "label"}`` of the labeled ``ids`` (default: all).
 
-        ``unlabeled`` is a list of this dataset's ids, or a dataset of its own: folders of images
-        nobody labeled (:func:`~advseg_utils.unlabeled.unlabeled_folder_dataset`), possibly
-        merged with this dataset's unused share (:func:`~advseg_utils.unlabeled.merge_unlabeled`).
-        ``unlabeled_labels=True`` adds ``"unlabeled_label"``, the true labels of the unlabeled crops
-        (same crops, same images: the augmentation does not depend on it), for diagnostics only:
-        how right the pseudo-labels are. It needs unlabeled images that all have masks.
+        ``stream`` numbers an independent random stream: its own shuffling and augmentation, so
+        that a method can draw two unrelated batches of the same images (the adversarial method
+        shows D the labels of stream 2 as "real" while G trains on stream 0). ``labels_only``
+        reads and augments the masks alone (``{"label"}``).
         """
-        labeled = self._labeled(labeled_ids)
-        unlabeled_keys = ("image", "label") if unlabeled_labels else ("image",)
-        if isinstance(unlabeled, SegDataset):
-            check_files_exist(unlabeled)
-            if unlabeled_labels and not unlabeled.labeled:
-                raise DatasetError(f"{unlabeled.name}: unlabeled_labels=True needs unlabeled images with masks")
-            unlabeled_set = unlabeled
+        keys = ("label",) if labels_only else ("image", "label")
+        return self._stream(self._labeled(ids), stream, start_step, keys=keys)
+
+    def unlabeled(
+        self,
+        start_step: int = 0,
+        images: Sequence[str] | SegDataset | None = None,
+        *,
+        stream: int = 1,
+        with_labels: bool = False,
+    ) -> tf.data.Dataset:
+        """Infinite augmented batches ``{"image"}`` whose masks are never read.
+
+        ``images``: ids of this dataset (default: all), or a dataset of its own: folders of images
+        nobody labeled (:func:`~advseg_utils.unlabeled.unlabeled_folder_dataset`), possibly merged
+        with this dataset's unused share (:func:`~advseg_utils.unlabeled.merge_unlabeled`).
+        ``with_labels=True`` adds ``"label"``, the true labels of the same crops (the augmentation
+        does not depend on it), for diagnostics only; every image then needs a mask.
+        """
+        if isinstance(images, SegDataset):
+            check_files_exist(images)
+            if with_labels and not images.labeled:
+                raise DatasetError(f"{images.name}: with_labels=True needs unlabeled images with masks")
+            dataset = images
         else:
-            unlabeled_set = self._labeled(unlabeled) if unlabeled_labels else self._subset(unlabeled)
-        streams = (
-            self._stream(labeled, _Stream.LABELED, start_step, keys=("image", "label")),
-            self._stream(unlabeled_set, _Stream.UNLABELED, start_step, keys=unlabeled_keys),
-            self._stream(labeled, _Stream.DISCRIMINATOR_LABELS, start_step, keys=("label",)),
-        )
-
-        def combine(batch, unlabeled, real):
-            combined = {**batch, "unlabeled_image": unlabeled["image"], "d_label": real["label"]}
-            if unlabeled_labels:
-                combined["unlabeled_label"] = unlabeled["label"]
-            return combined
-
-        return tf.data.Dataset.zip(streams).map(combine)
+            dataset = self._labeled(images) if with_labels else self._subset(images)
+        return self._stream(dataset, stream, start_step, keys=("image", "label") if with_labels else ("image",))
 
     def evaluation(self, batch_size: int = 1, ids: Sequence[str] | None = None) -> tf.data.Dataset:
         """One pass over whole, unaugmented images in dataset order: ``{"image", "label"}``.
@@ -160,7 +132,7 @@ class VOCGen:
         return dataset
 
     def _stream(
-        self, dataset: SegDataset, stream: _Stream, start_step: int, keys: tuple[str, ...]
+        self, dataset: SegDataset, stream: int, start_step: int, keys: tuple[str, ...]
     ) -> tf.data.Dataset:
         """Infinite augmented batches of ``keys`` ("image" and/or "label") from ``start_step`` on."""
         size = len(dataset)
@@ -260,12 +232,9 @@ class VOCGen:
 
 def _pipeline_options() -> tf.data.Options:
     """Parallelism across elements (parallel map), not inside each op: multi-threaded ops in an
-    input pipeline only compete with each other and with the model for the cores. Across
-    workers, each takes its share of every global batch (batch k stays a function of (seed, k)):
-    sharding by element, as the files are read inside ``map``, not by a file-reading dataset."""
+    input pipeline only compete with each other and with the model for the cores."""
     options = tf.data.Options()
     options.threading.max_intra_op_parallelism = 1
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return options
 
 

@@ -1,6 +1,6 @@
 """Training throughput of the baseline, adversarial and semi-supervised steps.
 
-Each step is :class:`advseg_utils.training.AdvSemiSeg`'s compiled ``train_step`` (the function
+Each step is the method's (:mod:`advseg_utils.method`) compiled ``train_step`` (the function
 ``fit`` runs) on real networks without pretrained weights (three generators: this project's
 default DeepLabV3+ on MobileNetV2, the same head on EfficientNet-Lite0, whose ImageNet weights
 install offline, and the paper's DeepLab-v2 on ResNet-101) and the paper's discriminator, fed
@@ -32,7 +32,7 @@ import tensorflow as tf
 from advseg_utils.models import build_discriminator, build_generator
 from advseg_utils.runtime import configure_precision
 from advseg_utils.schedules import paper_optimizers
-from advseg_utils.training import AdvSemiSeg
+from advseg_utils.method import METHOD_CLASSES
 from machine_info import machine
 from synthetic_batches import NUM_CLASSES, synthetic_arrays
 
@@ -51,13 +51,14 @@ def synthetic_batch(mode: str, batch_size: int, crop: int, seed: int = 0) -> dic
 
 
 def compiled_step(generator: tuple, mode: str, batch_size: int, crop: int, jit_compile: bool) -> tuple:
-    """(the AdvSemiSeg model of ``mode``, its compiled training step as fit runs it, the iterator
+    """(the training model of ``mode``, its compiled training step as fit runs it, the iterator
     of its synthetic batch) for a ``(backbone, head, output_stride)`` generator."""
     keras.utils.set_random_seed(0)
     backbone, head, output_stride = generator
     g = build_generator(NUM_CLASSES, backbone=backbone, head=head, weights=None, output_stride=output_stride)
     d = None if mode == "baseline" else build_discriminator(NUM_CLASSES)
-    model = AdvSemiSeg(g, d, num_classes=NUM_CLASSES, semi_start=0)
+    options = {"semi_start": 0} if mode == "semi" else {}
+    model = METHOD_CLASSES[mode](g, d, num_classes=NUM_CLASSES, **options)
     g_optimizer, d_optimizer = paper_optimizers(total_steps=20000)
     model.compile(g_optimizer, d_optimizer if d is not None else None, jit_compile=jit_compile)
     iterator = iter(tf.data.Dataset.from_tensors(synthetic_batch(mode, batch_size, crop)).repeat())

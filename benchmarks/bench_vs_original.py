@@ -1,7 +1,7 @@
 """This project's training step against the original PyTorch implementation's, side by side.
 
 For each mode (baseline, + adversarial, + adversarial + semi), one process runs
-:class:`advseg_utils.training.AdvSemiSeg`'s compiled step with the paper's G
+:mod:`advseg_utils.method`'s compiled step with the paper's G
 (``build_generator(backbone="resnet101", head="deeplabv2", output_stride=8, weights=None)``)
 and D, and another runs ``original_torch.py``'s re-statement of the original ``train.py``
 iteration with the same network shapes, crop, batch and precision, on the same synthetic batch.

@@ -11,7 +11,7 @@ from advseg_utils.atomic import write_text_atomically
 
 from camvid_profiles import PROFILES, SETTINGS, Profile
 
-#: The pseudo-label logs of a semi-supervised run (AdvSemiSeg's): the share of unlabeled pixels
+#: The pseudo-label logs of a semi-supervised run (SemiSupervised's): the share of unlabeled pixels
 #: D's confidence keeps, and the accuracy of G's arg-max over all of them and over the kept ones.
 PSEUDO_LABEL_LOGS = ("semi_ratio", "pseudo_acc_all", "pseudo_acc_kept")
 

@@ -27,7 +27,7 @@ import tensorflow as tf
 import camvid_data
 import camvid_profiles
 from advseg_utils import build_model, load_datasets, split_ids, training_stream
-from advseg_utils.losses import one_hot_with_ignore
+from advseg_utils.method.adversarial import one_hot_with_ignore
 from advseg_utils.runner import restore_latest
 
 #: Pixels within this many pixels of a hole count as "near" one (D's first layers see them).

@@ -22,7 +22,7 @@ from advseg_utils.config import ExperimentConfig, configure
 from advseg_utils.experiment import load_datasets, split_ids, train_model
 from advseg_utils.schedules import paper_optimizers
 from advseg_utils.runtime import get_strategy
-from advseg_utils.training import AdvSemiSeg
+from advseg_utils.method import METHOD_CLASSES
 
 STEPS, CHECKPOINT_EVERY = 4, 2
 
@@ -37,7 +37,7 @@ def tiny_config(method: str, run_root: Path) -> ExperimentConfig:
     )  # fmt: skip
 
 
-def tiny_model(config: ExperimentConfig, num_classes: int, strategy) -> AdvSemiSeg:
+def tiny_model(config: ExperimentConfig, num_classes: int, strategy) -> keras.Model:
     """What ``build_model`` makes, on networks of two convolutions each (no batch norm: a
     trainable one would normalise each worker's share of the batch on its own)."""
     keras.utils.set_random_seed(config.seed)
@@ -50,7 +50,8 @@ def tiny_model(config: ExperimentConfig, num_classes: int, strategy) -> AdvSemiS
             maps = keras.Input((None, None, num_classes))
             hidden = layers.LeakyReLU(0.2)(layers.Conv2D(8, 4, strides=2, padding="same")(maps))
             discriminator = keras.Model(maps, layers.UpSampling2D(2)(layers.Conv2D(1, 1)(hidden)))
-        model = AdvSemiSeg(generator, discriminator, num_classes=num_classes, semi_start=config.semi_start, t_semi=0.1)
+        options = {"semi_start": config.semi_start, "t_semi": 0.1} if config.method == "semi" else {}
+        model = METHOD_CLASSES[config.method](generator, discriminator, num_classes=num_classes, **options)
         g_optimizer, d_optimizer = paper_optimizers(config.steps, config.learning_rate_g, config.learning_rate_d)
         model.compile(g_optimizer, d_optimizer if discriminator is not None else None)
     return model

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from advseg_utils.losses import pseudo_label_accuracy
+from advseg_utils.method import pseudo_label_accuracy
 from advseg_utils.monitoring import LOG_2, DiscriminatorCollapseWarning, DiscriminatorMonitor
 from test_training import C, assert_weights_equal, make_batch, make_model, weights
 

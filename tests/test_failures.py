@@ -21,7 +21,7 @@ import advseg_utils.download as download
 from advseg_utils.datasets import folder_dataset, validate_dataset
 from advseg_utils.file_utils import DatasetError, load_img, load_mask
 from advseg_utils.runner import restore_latest, save_generator, train
-from advseg_utils.training import AdvSemiSeg
+from advseg_utils.method import Baseline
 from advseg_utils.voc_gen import VOCGen
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,12 +134,12 @@ def test_drop_invalid_with_nothing_left_is_an_error(tmp_path):
 # --- training failures: NaN, unwritable folder, full disk ----------------------------------
 
 
-def make_model(seed: int = 0) -> AdvSemiSeg:
-    """A compiled baseline AdvSemiSeg on a one-convolution generator; weights depend on ``seed``."""
+def make_model(seed: int = 0) -> Baseline:
+    """A compiled Baseline on a one-convolution generator; weights depend on ``seed``."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((None, None, 3))
     logits = layers.Conv2D(C, 3, padding="same")(layers.Rescaling(1 / 127.5, offset=-1)(inputs))
-    model = AdvSemiSeg(keras.Model(inputs, logits), None, num_classes=C)
+    model = Baseline(keras.Model(inputs, logits), num_classes=C)
     model.compile(keras.optimizers.SGD(0.01, momentum=0.9))
     return model
 

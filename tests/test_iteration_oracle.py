@@ -1,12 +1,12 @@
-"""One training iteration of AdvSemiSeg against an oracle: the paper's iteration written out here.
+"""One training iteration of each method (advseg_utils.method) against an oracle: the paper's iteration written out here.
 
 The oracle (:func:`paper_iteration`) states the paper's iteration in the plainest way: one
 persistent tape; G, softmax and D run anew for every term that needs them; every mask built
 here from the labels; cross-entropy and BCE written from their formulas; weight decay as
-0.5 * wd * |w|^2 in G's loss; the head's gradient times ``head_lr_multiplier``. AdvSemiSeg
-computes the same iteration differently (one D evaluation per map, G's adversarial gradient by
-the chain rule through D's input map, the library's loss functions), so agreement to float32
-precision pins every term. The gradients compared are the ones AdvSemiSeg hands to each
+0.5 * wd * |w|^2 in G's loss; the head's gradient times ``head_lr_multiplier``. The methods
+compute the same iteration differently (one D evaluation per map, each network's loss
+differentiated with respect to its own weights only, the library's loss functions), so agreement to float32
+precision pins every term. The gradients compared are the ones the method hands to each
 optimiser's ``apply`` inside its compiled ``train_step``, recorded there.
 
 Every term is made a visible share of its network's gradient (asserted in
@@ -21,14 +21,14 @@ import pytest
 import tensorflow as tf
 from keras import layers
 
-from advseg_utils.training import AdvSemiSeg
+from advseg_utils.method import METHOD_CLASSES
 
 C, SIZE, BATCH, IGNORE = 3, 8, 4, 255
 # Large weights, so that every term moves the gradients (see the shares test), and unequal ones,
 # so that a weight used in the wrong place shows.
 SETTINGS = dict(lambda_adv=5.0, lambda_semi_adv=3.0, lambda_semi=0.3, weight_decay=0.05, head_lr_multiplier=10.0)
 MODES = ("semi_after_start", "semi_before_start", "adversarial", "baseline")  # fullest first: tests/mutations stops sooner
-# Logs of the paper's iteration; AdvSemiSeg may log more (diagnostics), which are not compared.
+# Logs of the paper's iteration; a method may log more (diagnostics), which are not compared.
 LOSS_LOGS = ("loss", "loss_seg", "loss_adv", "loss_semi_adv", "loss_semi", "loss_d", "d_acc_real", "d_acc_fake", "semi_ratio")
 
 
@@ -181,7 +181,7 @@ def accumulated_paper_iteration(generator, discriminator, batch, steps: int, **o
     return g_grads, d_grads, {name: mean([r[2][name] for r in results]) for name in results[0][2]}
 
 
-# --- AdvSemiSeg, with what it applies recorded -------------------------------------------------
+# --- the methods, with what they apply recorded -------------------------------------------------
 
 
 def record_applied_gradients(optimizer, variables) -> list[tf.Variable]:
@@ -209,6 +209,12 @@ def semi_threshold(generator, discriminator, batch, d_input: str = "softmax") ->
     gap = int(np.argmax(np.diff(middle)))
     assert middle[gap + 1] - middle[gap] > 1e-5, "confidences too close together for a robust threshold"
     return float(middle[gap] + middle[gap + 1]) / 2
+
+
+def method_model(mode: str, generator, discriminator, **options):
+    """The training model of ``mode``, given the options it takes (the semi modes: SemiSupervised)."""
+    method = METHOD_CLASSES[mode.partition("_")[0]]
+    return method(generator, discriminator, num_classes=C, **{k: v for k, v in options.items() if k in method.options})
 
 
 def mode_setup(mode: str):
@@ -239,8 +245,8 @@ def test_one_iteration_equals_the_papers(mode, accumulation_steps):
     expected_g, expected_d, expected_logs = accumulated_paper_iteration(
         generator, discriminator, batch, accumulation_steps, semi_on=semi_on, t_semi=t_semi
     )
-    model = AdvSemiSeg(
-        generator, discriminator, num_classes=C, t_semi=t_semi, semi_start=semi_start,
+    model = method_model(
+        mode, generator, discriminator, t_semi=t_semi, semi_start=semi_start,
         accumulation_steps=accumulation_steps, **SETTINGS,
     )  # fmt: skip
     model.compile(
@@ -269,8 +275,8 @@ def test_one_iteration_with_d_on_gs_argmax_equals_the_papers_with_a_straight_thr
         generator, discriminator, batch, semi_on=semi_on, t_semi=t_semi, d_input="argmax"
     )
     softmax_g, _, _ = paper_iteration(generator, discriminator, batch, semi_on=semi_on, t_semi=t_semi)
-    model = AdvSemiSeg(
-        generator, discriminator, num_classes=C, t_semi=t_semi, semi_start=semi_start,
+    model = method_model(
+        mode, generator, discriminator, t_semi=t_semi, semi_start=semi_start,
         discriminator_input="argmax", **SETTINGS,
     )  # fmt: skip
     model.compile(keras.optimizers.SGD(0.01, momentum=0.9), keras.optimizers.Adam(1e-3))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from advseg_utils.losses import (
+from advseg_utils.method import (
     adversarial_loss,
     confident_pseudo_labels,
     cross_entropy_loss,

@@ -21,7 +21,8 @@ from advseg_utils.runner import BestGeneratorCheckpoint, StopOnNonFiniteLoss, re
 from advseg_utils.metrics import mean_iou
 from advseg_utils.schedules import paper_optimizers, poly_decay
 from advseg_utils.runtime import configure_precision, get_strategy
-from advseg_utils.training import AdvSemiSeg
+from advseg_utils.method import METHOD_CLASSES, SemiSupervised
+from test_iteration_oracle import record_applied_gradients
 
 C = 3  # classes
 
@@ -41,16 +42,22 @@ def tiny_discriminator(kernel: int = 3) -> keras.Model:
 
 
 def make_model(mode="semi", seed=0, g_optimizer=None, d_optimizer=None, kernel=3, backbone=False, **kwargs):
-    """A compiled AdvSemiSeg on tiny networks whose initial weights depend on ``seed`` only."""
+    """A compiled training model of ``mode`` on tiny networks whose initial weights depend on ``seed`` only."""
     keras.utils.set_random_seed(seed)
     generator = tiny_generator(kernel, backbone)
     discriminator = None if mode == "baseline" else tiny_discriminator(kernel)
     kwargs = {"semi_start": 0, **kwargs}
-    model = AdvSemiSeg(generator, discriminator, num_classes=C, **kwargs)
+    model = method_model(mode, generator, discriminator, **kwargs)
     g_optimizer = g_optimizer or keras.optimizers.SGD(0.05, momentum=0.9)
     d_optimizer = d_optimizer or (None if discriminator is None else keras.optimizers.Adam(0.01))
     model.compile(g_optimizer, d_optimizer)
     return model
+
+
+def method_model(mode: str, generator, discriminator, **options):
+    """The training model of ``mode`` (baseline, adversarial, semi), given the options it takes."""
+    method = METHOD_CLASSES[mode]
+    return method(generator, discriminator, num_classes=C, **{k: v for k, v in options.items() if k in method.options})
 
 
 def make_batch(mode: str = "semi", seed: int = 0, size: int = 4, height: int = 8) -> dict:
@@ -120,13 +127,36 @@ def test_each_update_moves_only_its_own_network():
         assert_weights_equal(twice, [2 * step for step in once], atol=1e-6)
 
 
-def test_discriminator_learns_from_detached_predictions():
-    model = make_model()
-    with tf.GradientTape(persistent=True) as tape:
-        out = model.iteration_losses(make_batch(), 1.0, tape)
-    assert all(g is None for g in tape.gradient(out.d_loss, model.generator.trainable_variables))
-    assert all(g is not None for g in tape.gradient(out.d_loss, model.discriminator.trainable_variables))
-    assert all(g is not None for g in tape.gradient(out.g_loss, model.generator.trainable_variables))
+def test_discriminator_loss_moves_only_the_discriminator():
+    """D judges G's (attached) maps, so D's loss depends on G's weights; the trainer must still
+    send it to D alone: doubling D's loss doubles D's gradient and leaves G's unchanged."""
+
+    class DoubledDiscriminatorLoss(SemiSupervised):
+        def losses(self, batch):
+            losses, logs = super().losses(batch)
+            return {**losses, "discriminator": 2.0 * losses["discriminator"]}, logs
+
+    batch = make_batch()
+
+    def applied_gradients(method):
+        keras.utils.set_random_seed(0)
+        model = method(tiny_generator(), tiny_discriminator(), num_classes=C, semi_start=0)
+        model.compile(keras.optimizers.SGD(0.05), keras.optimizers.SGD(0.01))
+        applied = {
+            "g": record_applied_gradients(model.g_optimizer, model.generator.trainable_variables),
+            "d": record_applied_gradients(model.d_optimizer, model.discriminator.trainable_variables),
+        }
+        model.train_on_batch(batch)
+        return {name: [np.array(g) for g in grads] for name, grads in applied.items()}
+
+    plain, doubled = applied_gradients(SemiSupervised), applied_gradients(DoubledDiscriminatorLoss)
+    assert_weights_equal(doubled["g"], plain["g"], atol=1e-7)
+    assert_weights_equal(doubled["d"], [2 * g for g in plain["d"]], atol=1e-6)
+    assert all(np.abs(g).max() > 1e-6 for g in plain["d"])
+    model = make_model()  # and D's loss does depend on G's weights: only the trainer keeps it from G
+    with tf.GradientTape() as tape:
+        d_loss = model.losses(batch)[0]["discriminator"]
+    assert all(g is not None for g in tape.gradient(d_loss, model.generator.trainable_variables))
 
 
 def test_all_lambdas_zero_is_exactly_the_baseline_step():
@@ -146,7 +176,7 @@ def test_ignored_pixels_do_not_count_in_the_labeled_adversarial_loss():
 
     def loss_adv(images):
         with tf.GradientTape() as tape:
-            return float(model.iteration_losses({**batch, "image": images}, 0.0, tape).logs["loss_adv"])
+            return float(model.losses({**batch, "image": images})[1]["loss_adv"])
 
     changed_where_ignored = np.where(ignored[..., None], 255.0 - batch["image"], batch["image"])
     changed_where_labeled = np.where(ignored[..., None], batch["image"], 255.0 - batch["image"])
@@ -157,14 +187,14 @@ def test_ignored_pixels_do_not_count_in_the_labeled_adversarial_loss():
 def test_semi_loss_is_off_before_semi_start_and_on_from_it_without_retracing():
     traces = []
 
-    class CountingAdvSemiSeg(AdvSemiSeg):
+    class CountingSemiSupervised(SemiSupervised):
         def train_step(self, data):
             traces.append(1)  # runs once per trace, not per step
             return super().train_step(data)
 
     def model(lambda_semi):
         keras.utils.set_random_seed(0)
-        m = CountingAdvSemiSeg(
+        m = CountingSemiSupervised(
             tiny_generator(), tiny_discriminator(), num_classes=C, semi_start=2,
             lambda_semi=lambda_semi, lambda_adv=0.0, lambda_semi_adv=0.0, t_semi=0.0,
         )  # fmt: skip
@@ -412,9 +442,8 @@ def test_mixed_float16_adds_loss_scaling_and_keeps_losses_float32():
         model = make_model()
         assert isinstance(model.g_optimizer, keras.optimizers.LossScaleOptimizer)
         assert isinstance(model.d_optimizer, keras.optimizers.LossScaleOptimizer)
-        with tf.GradientTape() as tape:
-            out = model.iteration_losses(make_batch(), 1.0, tape)
-        assert out.g_loss.dtype == tf.float32 and out.d_loss.dtype == tf.float32
+        losses, _ = model.losses(make_batch())
+        assert losses["generator"].dtype == tf.float32 and losses["discriminator"].dtype == tf.float32
         logs = model.train_on_batch(make_batch(), return_dict=True)
         assert all(np.isfinite(v) for v in logs.values())
     finally:

@@ -7,6 +7,7 @@ from PIL import Image
 
 from advseg_utils.datasets import folder_dataset, sample_dataset
 from advseg_utils.file_utils import DatasetError
+from advseg_utils.method import Adversarial, SemiSupervised
 from advseg_utils.voc_gen import IMAGENET_MEAN_RGB, VOCGen
 
 NUM_CLASSES = 5
@@ -138,10 +139,8 @@ def test_resumed_stream_equals_the_uninterrupted_one(blocks):
 
 def test_resumed_semi_supervised_stream_equals_the_uninterrupted_one(blocks):
     gen = VOCGen(blocks, crop_size=(24, 24), batch_size=2, seed=2)
-    uninterrupted = take(gen.semi_supervised(["item0", "item1", "item2"], ["item3"]), 4)
-    assert_same_batches(
-        take(gen.semi_supervised(["item0", "item1", "item2"], ["item3"], start_step=2), 2), uninterrupted[2:]
-    )
+    batches = SemiSupervised.training_batches(gen, ["item0", "item1", "item2"], ["item3"])
+    assert_same_batches(take(batches(2), 2), take(batches(0), 4)[2:])
 
 
 def test_each_epoch_visits_every_image_once_in_a_new_order(items):
@@ -152,7 +151,8 @@ def test_each_epoch_visits_every_image_once_in_a_new_order(items):
 
 
 def test_adversarial_d_label_is_an_independent_labeled_batch(items):
-    batches = take(VOCGen(items, crop_size=(16, 16), batch_size=5, scale_range=(1.0, 1.0)).adversarial(), 3)
+    gen = VOCGen(items, crop_size=(16, 16), batch_size=5, scale_range=(1.0, 1.0))
+    batches = take(Adversarial.training_batches(gen, None)(0), 3)
     assert all(batch.keys() == {"image", "label", "d_label"} for batch in batches)
     for batch in batches:
         assert item_of(batch["image"]) == batch["label"][:, 0, 0].tolist()
@@ -162,7 +162,7 @@ def test_adversarial_d_label_is_an_independent_labeled_batch(items):
 
 def test_semi_supervised_draws_each_stream_from_its_own_ids(items):
     gen = VOCGen(items, crop_size=(16, 16), batch_size=4, scale_range=(1.0, 1.0))
-    for batch in take(gen.semi_supervised(["item0", "item1", "item2"], ["item3", "item4"]), 3):
+    for batch in take(SemiSupervised.training_batches(gen, ["item0", "item1", "item2"], ["item3", "item4"])(0), 3):
         assert batch.keys() == {"image", "label", "unlabeled_image", "d_label"}
         assert set(item_of(batch["image"])) <= {0, 1, 2}
         assert set(item_of(batch["unlabeled_image"])) <= {3, 4}
@@ -171,8 +171,9 @@ def test_semi_supervised_draws_each_stream_from_its_own_ids(items):
 
 def test_semi_supervised_can_add_the_unlabeled_crops_true_labels_without_changing_the_crops(blocks):
     gen = VOCGen(blocks, crop_size=(24, 24), batch_size=2, scale_range=(1.0, 1.0), seed=3)
-    plain = take(gen.semi_supervised(["item0", "item1"], ["item2", "item3"]), 3)
-    with_labels = take(gen.semi_supervised(["item0", "item1"], ["item2", "item3"], unlabeled_labels=True), 3)
+    plain = take(SemiSupervised.training_batches(gen, ["item0", "item1"], ["item2", "item3"])(0), 3)
+    unlabeled = blocks.subset(["item2", "item3"])  # a dataset whose images all have masks: labels come along
+    with_labels = take(SemiSupervised.training_batches(gen, ["item0", "item1"], unlabeled)(0), 3)
     for without, batch in zip(plain, with_labels):
         assert batch.keys() == without.keys() | {"unlabeled_label"}
         for key in without:
@@ -183,7 +184,7 @@ def test_semi_supervised_can_add_the_unlabeled_crops_true_labels_without_changin
 
 
 def test_unlabeled_stream_yields_images_only(items):
-    batch = take(VOCGen(items, crop_size=(8, 8), batch_size=2).unlabeled(ids=["item4"]), 1)[0]
+    batch = take(VOCGen(items, crop_size=(8, 8), batch_size=2).unlabeled(images=["item4"]), 1)[0]
     assert batch.keys() == {"image"} and batch["image"].shape == (2, 8, 8, 3)
 
 

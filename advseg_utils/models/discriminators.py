@@ -1,7 +1,6 @@
+# Generated from notebooks/02_adversarial.ipynb by tools/export_notebooks.py: edit the notebook, not this file.
 """The fully convolutional discriminator D: a class-probability map in, one "is this a
 ground-truth label map here?" logit per pixel out."""
-from __future__ import annotations
-
 import keras
 
 from advseg_utils.models.layers import MaximumLeakyReLU, ResizeLike
@@ -13,11 +12,9 @@ _CHANNELS = {"paper": (64, 128, 256, 512), "small": (128, 256)}
 def build_discriminator(num_classes: int, variant: str = "paper") -> keras.Model:
     """Probability maps [B, H, W, num_classes] -> float32 logits [B, H, W, 1], for any H and W.
 
-    "paper": Hung et al.'s D, five 4x4 stride-2 convolutions (64, 128, 256, 512, 1 channels,
-    LeakyReLU 0.2 after the first four, no normalisation); its stride-32 logits are
-    bilinearly upsampled to the input size, which must be at least 32 pixels.
-    "small": 128- and 256-channel convolutions, then the classifier: stride-8 logits, so finer
-    confidence maps (inputs of at least 8 pixels).
+    "paper": Hung et al.'s D, stride-32 logits upsampled to the input size, which must be at
+    least 32 pixels. "small": 128- and 256-channel convolutions, then the classifier: stride-8
+    logits, so finer confidence maps (inputs of at least 8 pixels).
     """
     if variant not in _CHANNELS:
         raise ValueError(f"Unknown discriminator variant {variant!r}; expected one of {sorted(_CHANNELS)}.")

@@ -1,7 +1,6 @@
+# Generated from notebooks/01_baseline.ipynb by tools/export_notebooks.py: edit the notebook, not this file.
 """Segmentation networks (the generator G): DeepLabV3+ or the paper's DeepLab-v2 head on an
 ImageNet backbone, taking raw RGB images and returning logits at the input's own size."""
-from __future__ import annotations
-
 import os
 import warnings
 
@@ -9,59 +8,6 @@ import keras
 
 from advseg_utils.models.backbones import BACKBONES, build_backbone
 from advseg_utils.models.layers import ImageNetPreprocessing, ResizeLike
-
-
-def build_generator(
-    num_classes: int,
-    backbone: str = "efficientnet_lite0",
-    head: str = "deeplabv3plus",
-    weights: str | os.PathLike | None = "imagenet",
-    output_stride: int = 16,
-    freeze_batchnorm: bool = False,
-    input_shape: tuple[int | None, int | None, int] = (None, None, 3),
-) -> keras.Model:
-    """The segmentation network: float32 RGB images in [0, 255] [B, H, W, 3] -> float32 logits
-    [B, H, W, num_classes], for any H and W (also under mixed precision).
-
-    backbone: "efficientnet_lite0" (the default, the notebooks' backbone), "1" or "2"
-    (ImageNet weights installed with a package, so they need no download), "mobilenet_v2",
-    "resnet50", "resnet101" or "xception", a nested model named "backbone" (see
-    :func:`backbone_variables`).
-    head: "deeplabv3plus" (its image pooling needs batches of 2 or more in training, for batch
-    norm), or "deeplabv2", the paper's classifier (with "resnet101" and output_stride=8 it is
-    the paper's network).
-    weights: "imagenet", None, or a local backbone weights file (for EfficientNet-Lite also a
-    PyTorch ``.pth`` state dict, read safely: see advseg_utils.pth). Deliberately never weights
-    trained on VOC segmentation: a generator that has already seen every training label makes
-    the semi-supervised experiments' labeled fraction meaningless.
-    output_stride: 16 or 8, the stride of the backbone's last features (see backbones.py).
-    freeze_batchnorm: run the backbone's batch norms in inference mode (normalising with their
-    moving statistics, which stay fixed) and leave their scale and offset untrained. This is
-    *not* what the original code does: it freezes the scale and offset but calls
-    ``model.train()``, so its batch norms normalise with each batch's statistics (and update
-    their running ones). The default, False, is the closer of the two (batch statistics; the
-    scale and offset also train).
-    """
-    if head not in _HEADS:
-        raise ValueError(f"Unknown head {head!r}; expected one of {sorted(_HEADS)}.")
-    if freeze_batchnorm and weights is None:
-        warnings.warn(
-            "freeze_batchnorm=True with weights=None keeps the backbone's batch norms at their initial "
-            "statistics for the whole run; train them (freeze_batchnorm=False) when starting from scratch",
-            stacklevel=2,
-        )
-    backbone_model = build_backbone(backbone, weights, output_stride, freeze_batchnorm)
-    images = keras.Input(input_shape, name="image")
-    preprocessing = ImageNetPreprocessing(BACKBONES[backbone].preprocessing, dtype="float32", name="preprocessing")
-    low_level, high_level = backbone_model(preprocessing(images))
-    logits = _HEADS[head](low_level, high_level, num_classes, output_stride)
-    logits = ResizeLike(dtype="float32", name="logits")(logits, images)
-    return keras.Model(images, logits, name=f"{head}_{backbone}")
-
-
-def backbone_variables(generator: keras.Model) -> list[keras.Variable]:
-    """The trainable variables of the generator's backbone."""
-    return list(generator.get_layer("backbone").trainable_variables)
 
 
 def _deeplabv3plus(low_level, high_level, num_classes: int, output_stride: int):
@@ -105,3 +51,55 @@ def _conv_bn_relu(x, filters: int, kernel_size: int, name: str, dilation_rate: i
 
 
 _HEADS = {"deeplabv3plus": _deeplabv3plus, "deeplabv2": _deeplabv2}
+
+
+def build_generator(
+    num_classes: int,
+    backbone: str = "efficientnet_lite0",
+    head: str = "deeplabv3plus",
+    weights: str | os.PathLike | None = "imagenet",
+    output_stride: int = 16,
+    freeze_batchnorm: bool = False,
+    input_shape: tuple[int | None, int | None, int] = (None, None, 3),
+) -> keras.Model:
+    """G: float32 RGB images in [0, 255] [B, H, W, 3] -> float32 logits [B, H, W, num_classes],
+    for any H and W (also under mixed precision).
+
+    backbone: "efficientnet_lite0" (the default), "1" or "2" (ImageNet weights installed with a
+    package, so they need no download), "mobilenet_v2", "resnet50", "resnet101" or "xception",
+    a nested model named "backbone" (see :func:`backbone_variables`).
+    head: "deeplabv3plus" (its image pooling needs batches of 2 or more in training, for batch
+    norm), or "deeplabv2", the paper's classifier (with "resnet101" and output_stride=8 it is
+    the paper's network).
+    weights: "imagenet", None, or a local backbone weights file (for EfficientNet-Lite also a
+    PyTorch ``.pth`` state dict, read safely: see advseg_utils.pth). Deliberately never weights
+    trained on VOC segmentation: a generator that has already seen every training label makes
+    the semi-supervised experiments' labeled fraction meaningless.
+    output_stride: 16 or 8, the stride of the backbone's last features (see backbones.py).
+    freeze_batchnorm: run the backbone's batch norms in inference mode (normalising with their
+    moving statistics, which stay fixed) and leave their scale and offset untrained. This is
+    *not* what the original code does: it freezes the scale and offset but calls
+    ``model.train()``, so its batch norms normalise with each batch's statistics (and update
+    their running ones). The default, False, is the closer of the two (batch statistics; the
+    scale and offset also train).
+    """
+    if head not in _HEADS:
+        raise ValueError(f"Unknown head {head!r}; expected one of {sorted(_HEADS)}.")
+    if freeze_batchnorm and weights is None:
+        warnings.warn(
+            "freeze_batchnorm=True with weights=None keeps the backbone's batch norms at their initial "
+            "statistics for the whole run; train them (freeze_batchnorm=False) when starting from scratch",
+            stacklevel=2,
+        )
+    backbone_model = build_backbone(backbone, weights, output_stride, freeze_batchnorm)
+    images = keras.Input(input_shape, name="image")
+    preprocessing = ImageNetPreprocessing(BACKBONES[backbone].preprocessing, dtype="float32", name="preprocessing")
+    low_level, high_level = backbone_model(preprocessing(images))
+    logits = _HEADS[head](low_level, high_level, num_classes, output_stride)
+    logits = ResizeLike(dtype="float32", name="logits")(logits, images)
+    return keras.Model(images, logits, name=f"{head}_{backbone}")
+
+
+def backbone_variables(generator: keras.Model) -> list[keras.Variable]:
+    """The trainable variables of the generator's backbone (the head trains at 10x its rate)."""
+    return list(generator.get_layer("backbone").trainable_variables)

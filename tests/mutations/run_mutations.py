@@ -4,8 +4,9 @@ temporary copy of the package, must make at least one test fail.
     python tests/mutations/run_mutations.py                 # every mutation (1-3 minutes each)
     python tests/mutations/run_mutations.py --only no_weight_decay threshold_at_or_above
 
-Each mutation is one textual change of ``advseg_utils/training.py`` or ``losses.py`` (the exact
-text must occur once; the script says so when a change elsewhere has moved it). For each, the
+Each mutation is one textual change of a module of ``advseg_utils/method/`` (the exact text
+must occur once; the script says so when a change elsewhere has moved it): the modules generated
+from the notebooks' exported cells, where the method is, and the trainer they share. For each, the
 package and the tests are copied to a temporary folder, the change applied there, and the
 training tests run against that copy, in two stages (the oracle and loss tests, then, only if
 they all pass, the training tests); the table printed at the end names the tests that failed in
@@ -13,8 +14,8 @@ the first stage that caught the mutation (the first one only, unless ``--all-fai
 "SURVIVED" when none did). The unchanged copy is run first and must pass. Not part of CI: it
 runs the tests once per mutation. The latest results are in ``tests/mutations/README.md``.
 
-A registry tool was tried and not used: mutmut 3.8.1 makes 866 anonymous mutants of these two
-files (602 of training.py, 264 of losses.py), each needing a TensorFlow test run of one to two
+A registry tool was tried and not used: mutmut 3.8.1 made 866 anonymous mutants of the two
+files that then held the method (602 of training.py, 264 of losses.py), each needing a TensorFlow test run of one to two
 minutes on a 2-core machine (about a day in all), and its first, unmutated test run had not
 finished after six minutes. The point here is the named mistakes a port of this method makes
 (the README's "How it is built", issue 13), each checked in about two minutes.
@@ -48,163 +49,176 @@ class Mutation(NamedTuple):
     what: str
 
 
-TRAINING, LOSSES = "advseg_utils/training.py", "advseg_utils/losses.py"
+# The method's modules (generated from the notebooks' exported cells) and the trainer they share.
+BASELINE, ADVERSARIAL, SEMI = (f"advseg_utils/method/{name}.py" for name in ("baseline", "adversarial", "semi_supervised"))
+TRAINER = "advseg_utils/method/trainer.py"
+GRADIENT = "name: tapes[name].gradient(scaled[name], network.trainable_variables,"
 MUTATIONS = [
     Mutation(
-        "no_adversarial_gradient_to_g", TRAINING,
-        "map_grads = tape.gradient(g_adversarial, out.d_inputs, unconnected_gradients=zero)",
-        "map_grads = [tf.zeros_like(m) for m in out.d_inputs]",
-        "G receives no adversarial gradient (zeros for the gradients w.r.t. D's input maps)",
+        "no_adversarial_gradient_to_g", ADVERSARIAL,
+        "            return probabilities + tf.stop_gradient(one_hot - probabilities)\n        return probabilities\n",
+        "            return probabilities + tf.stop_gradient(one_hot - probabilities)\n        return tf.stop_gradient(probabilities)\n",
+        "G receives no adversarial gradient (D's input map cut from G)",
     ),
     Mutation(
-        "d_update_gets_g_objective", TRAINING,
-        "d_grads = tape.gradient(d_loss, d_vars, unconnected_gradients=zero)",
-        "d_grads = tape.gradient(d_loss + g_loss, d_vars, unconnected_gradients=zero)",
+        "d_update_gets_g_objective", TRAINER, GRADIENT,
+        'name: tapes[name].gradient(scaled[name] + scaled["generator"] * (name == "discriminator"), network.trainable_variables,',
         "D's update also receives G's objective",
     ),
     Mutation(
-        "no_weight_decay", TRAINING, "if not self.weight_decay:", "if True:", "weight decay removed from G's loss"
+        "d_input_not_detached", TRAINER, GRADIENT,
+        'name: tapes[name].gradient(scaled[name] + scaled.get("discriminator", 0.0) * (name == "generator"), network.trainable_variables,',
+        "D's loss reaches G (what a port that does not detach D's input map gets: G's adversarial gradient counted twice)",
     ),
     Mutation(
-        "d_fake_labeled_only", TRAINING,
-        "d_loss = losses.discriminator_loss(fake_logits, fake_masks, d_real, real)",
-        "d_loss = losses.discriminator_loss(fake_logits[:1], fake_masks[:1], d_real, real)",
+        "no_weight_decay", TRAINER, "if not self.weight_decay:", "if True:", "weight decay removed from G's loss"
+    ),
+    Mutation(
+        "d_fake_labeled_only", SEMI,
+        "**self.judge([d_fake, d_fake_u], [labeled, everywhere], batch[\"d_label\"])",
+        "**self.judge([d_fake], [labeled], batch[\"d_label\"])",
         "D's fake loss on the labeled map only, without the unlabeled one",
     ),
     Mutation(
-        "adv_loss_counts_ignored_pixels", TRAINING,
-        'logs["loss_adv"] = losses.adversarial_loss(fake_logits[0], 1.0, labeled)',
-        'logs["loss_adv"] = losses.adversarial_loss(fake_logits[0], 1.0)',
-        "the labeled adversarial loss counts y_l's 255 pixels",
+        "adv_loss_counts_ignored_pixels", ADVERSARIAL,
+        '"loss_adv": adversarial_loss(d_fake, 1.0, labeled),',
+        '"loss_adv": adversarial_loss(d_fake, 1.0),',
+        "the labeled adversarial loss counts y_l's 255 pixels (adversarial step)",
     ),
     Mutation(
-        "d_fake_counts_ignored_pixels", TRAINING,
-        "[self._discriminate(g_outputs[-1], d_inputs, tape)], [labeled]",
-        "[self._discriminate(g_outputs[-1], d_inputs, tape)], [tf.ones_like(labeled)]",
-        "D's fake loss counts the labeled batch's 255 pixels",
+        "semi_adv_loss_counts_ignored_pixels", SEMI,
+        '"loss_adv": adversarial_loss(d_fake, 1.0, labeled),',
+        '"loss_adv": adversarial_loss(d_fake, 1.0),',
+        "the labeled adversarial loss counts y_l's 255 pixels (semi-supervised step)",
     ),
     Mutation(
-        "d_real_counts_ignored_pixels", TRAINING,
-        "real = d_labels != self.ignore_label",
-        "real = tf.ones_like(d_labels, dtype=tf.bool)",
+        "d_fake_counts_ignored_pixels", ADVERSARIAL,
+        "**self.judge([d_fake], [labeled], batch[\"d_label\"])",
+        "**self.judge([d_fake], [tf.ones_like(labeled)], batch[\"d_label\"])",
+        "D's fake loss counts the labeled batch's 255 pixels (adversarial step)",
+    ),
+    Mutation(
+        "semi_d_fake_counts_ignored_pixels", SEMI,
+        "[d_fake, d_fake_u], [labeled, everywhere]",
+        "[d_fake, d_fake_u], [tf.ones_like(labeled), everywhere]",
+        "D's fake loss counts the labeled batch's 255 pixels (semi-supervised step)",
+    ),
+    Mutation(
+        "d_real_counts_ignored_pixels", ADVERSARIAL,
+        "real = real_labels != self.ignore_label",
+        "real = tf.ones_like(real_labels, dtype=tf.bool)",
         "D's real loss counts the 255 pixels of D's real label map",
     ),
     Mutation(
-        "one_hot_ignored_as_class_0", LOSSES,
+        "one_hot_ignored_as_class_0", ADVERSARIAL,
         "tf.where(labels == ignore_label, -1, labels)",
         "tf.where(labels == ignore_label, 0, labels)",
         "a 255 pixel of D's real map becomes class 0 instead of the all-zero vector",
     ),
     Mutation(
-        "cross_entropy_counts_ignored_pixels", LOSSES,
+        "cross_entropy_counts_ignored_pixels", BASELINE,
         "return masked_mean(per_pixel, counted)",
         "return masked_mean(per_pixel, tf.ones_like(counted))",
         "the cross-entropy averages over 255 pixels too",
     ),
     Mutation(
-        "threshold_at_or_above", LOSSES,
+        "threshold_at_or_above", SEMI,
         "confident = confidence > t_semi",
         "confident = confidence >= t_semi",
         "pseudo-labels kept at confidence >= T instead of > T (the original's choice)",
     ),
     Mutation(
-        "threshold_inverted", LOSSES,
+        "threshold_inverted", SEMI,
         "confident = confidence > t_semi",
         "confident = confidence < t_semi",
         "pseudo-labels kept where D is *not* confident",
     ),
     Mutation(
-        "confidence_is_the_logit", LOSSES,
+        "confidence_is_the_logit", SEMI,
         "confidence = tf.sigmoid(tf.cast(tf.squeeze(tf.stop_gradient(d_logits), axis=-1), tf.float32))",
         "confidence = tf.cast(tf.squeeze(tf.stop_gradient(d_logits), axis=-1), tf.float32)",
         "T compared with D's logit instead of its sigmoid",
     ),
     Mutation(
-        "confidence_from_labeled_map", TRAINING,
-        "losses.semi_supervised_loss(\n                logits_u, fake_logits[1],",
-        "losses.semi_supervised_loss(\n                logits_u, fake_logits[0],",
+        "confidence_from_labeled_map", SEMI,
+        "semi_supervised_loss(logits_u, d_fake_u,",
+        "semi_supervised_loss(logits_u, d_fake,",
         "the confidence map taken from D on the labeled prediction",
     ),
     Mutation(
-        "pseudo_labels_from_labeled_logits", TRAINING,
-        "losses.semi_supervised_loss(\n                logits_u, fake_logits[1],",
-        "losses.semi_supervised_loss(\n                logits, fake_logits[1],",
+        "pseudo_labels_from_labeled_logits", SEMI,
+        "semi_supervised_loss(logits_u, d_fake_u,",
+        "semi_supervised_loss(logits, d_fake_u,",
         "the semi loss on G's labeled prediction instead of the unlabeled one",
     ),
     Mutation(
-        "semi_loss_without_gradient", LOSSES,
+        "semi_loss_without_gradient", SEMI,
         "return cross_entropy_loss(pseudo_labels, logits, ignore_label), semi_ratio",
         "return cross_entropy_loss(pseudo_labels, tf.stop_gradient(logits), ignore_label), semi_ratio",
         "stop_gradient added on the semi loss's logits (the cross-entropy sends nothing into G)",
     ),
     Mutation(
-        "unlabeled_prediction_detached", TRAINING,
-        'logits_u = tf.cast(self.generator(batch["unlabeled_image"], training=True), tf.float32)',
-        'logits_u = tf.stop_gradient(tf.cast(self.generator(batch["unlabeled_image"], training=True), tf.float32))',
+        "unlabeled_prediction_detached", SEMI,
+        'logits_u = self.generator(batch["unlabeled_image"], training=True)',
+        'logits_u = tf.stop_gradient(self.generator(batch["unlabeled_image"], training=True))',
         "G's unlabeled prediction as if computed outside the tape",
     ),
     Mutation(
-        "d_input_not_detached", TRAINING,
-        "detached = tf.stop_gradient(probabilities)",
-        "detached = probabilities",
-        "D's input maps not detached (G's adversarial gradient counted twice)",
-    ),
-    Mutation(
-        "semi_start_off_by_one_late", TRAINING,
+        "semi_start_off_by_one_late", SEMI,
         "semi_on = tf.cast(self.iteration >= self.semi_start, tf.float32)",
         "semi_on = tf.cast(self.iteration > self.semi_start, tf.float32)",
         "the semi loss starts one iteration after semi_start",
     ),
     Mutation(
-        "semi_start_off_by_one_early", TRAINING,
+        "semi_start_off_by_one_early", SEMI,
         "semi_on = tf.cast(self.iteration >= self.semi_start, tf.float32)",
         "semi_on = tf.cast(self.iteration + 1 >= self.semi_start, tf.float32)",
         "the semi loss starts one iteration before semi_start",
     ),
     Mutation(
-        "semi_loss_ignores_semi_start", TRAINING,
-        'logs["loss_semi"] = semi_on * loss_semi',
-        'logs["loss_semi"] = loss_semi',
+        "semi_loss_ignores_semi_start", SEMI,
+        '"loss_semi": semi_on * loss_semi,',
+        '"loss_semi": loss_semi,',
         "the semi loss on from iteration 0",
     ),
     Mutation(
-        "semi_adv_weighted_by_lambda_adv", TRAINING,
-        'objective += self.lambda_semi_adv * logs["loss_semi_adv"]',
-        'objective += self.lambda_adv * logs["loss_semi_adv"]',
+        "semi_adv_weighted_by_lambda_adv", SEMI,
+        'g_loss += self.lambda_semi_adv * logs["loss_semi_adv"]',
+        'g_loss += self.lambda_adv * logs["loss_semi_adv"]',
         "the unlabeled adversarial loss weighted by lambda_adv",
     ),
     Mutation(
-        "head_multiplier_on_backbone", TRAINING,
+        "head_multiplier_on_backbone", TRAINER,
         "1.0 if id(v) in in_backbone else float(head_multiplier)",
         "float(head_multiplier) if id(v) in in_backbone else 1.0",
         "the 10x multiplier on the backbone instead of the head",
     ),
     Mutation(
-        "no_head_multiplier", TRAINING,
-        "return [g * m for g, m in zip(g_grads, self._g_multipliers)], d_grads, out.logs",
-        "return list(g_grads), d_grads, out.logs",
+        "no_head_multiplier", TRAINER,
+        'grads["generator"] = [g * m for g, m in zip(grads["generator"], self._g_multipliers)]',
+        'grads["generator"] = list(grads["generator"])',
         "the head's gradient not multiplied",
     ),
     Mutation(
-        "accumulation_sums", TRAINING,
+        "accumulation_sums", TRAINER,
         "lambda t: t / self.accumulation_steps, total",
         "lambda t: t, total",
         "accumulated micro-batch gradients (and logs) summed, not averaged",
     ),
     Mutation(
-        "d_fake_target_real", LOSSES,
+        "d_fake_target_real", ADVERSARIAL,
         "_bce_with_logits(d, 0.0)",
         "_bce_with_logits(d, 1.0)",
         "D's fake maps labelled 'real'",
     ),
     Mutation(
-        "d_halves_unweighted", LOSSES,
+        "d_halves_unweighted", ADVERSARIAL,
         "return 0.5 * masked_mean(fake_values, fake_mask) + 0.5 *",
         "return masked_mean(fake_values, fake_mask) + 0.5 *",
         "D's fake half not weighted 1/2",
     ),
     Mutation(
-        "argmax_input_ignored", TRAINING,
+        "argmax_input_ignored", ADVERSARIAL,
         'if self.discriminator_input == "argmax":',
         'if self.discriminator_input == "never":',
         "discriminator_input='argmax' still shows D G's softmax",
