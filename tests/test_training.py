@@ -495,3 +495,19 @@ def test_two_replicas_train_exactly_like_one():
     assert_weights_equal(as_arrays(two["weights"]), as_arrays(one["weights"]), atol=1e-6)
     assert two["logs"] == pytest.approx(one["logs"], rel=1e-5)
     assert 0 < one["logs"]["semi_ratio"] < 1  # the confident-pixel count differs between replicas
+
+
+def test_traced_step_builds_one_backward_pass_through_g():
+    """No dead backward pass through G: as traced, before TensorFlow prunes anything, the
+    semi-supervised step holds one filter gradient per convolution G runs (G on two batches). A
+    tape shared by both networks would also build, for D's loss, a second backward pass through
+    G that nothing uses (it cost 2.7x the tracing time on ResNet-50: benchmarks/README.md)."""
+    model = make_model()
+    batch = {key: tf.constant(value) for key, value in make_batch().items()}
+    graph = tf.function(model.train_step).get_concrete_function(batch).graph
+
+    def count(op_type):
+        return sum(op.type == op_type and model.generator.name in op.name for op in graph.get_operations())
+
+    assert count("Conv2D") == 4  # two convolutions, two batches
+    assert count("Conv2DBackpropFilter") == count("Conv2D")
