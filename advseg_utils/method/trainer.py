@@ -92,10 +92,6 @@ class SegmentationTrainer(keras.Model):
         )
         self._trackers = {name: GlobalMean(name=name) for name in ("loss", *self.log_names)}
         self.mean_iou = MeanIoU(num_classes, ignore_label)
-        # Both networks are built and compile() builds both optimisers: nothing is left for
-        # Keras to build by tracing the step on a peeked batch (which Keras 3.15 all-reduces,
-        # failing across workers for dict batches).
-        self.built = True
 
     def losses(self, batch: dict) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
         """({"generator": G's loss, "discriminator": D's loss}, logs) of one (micro-)batch:
@@ -195,7 +191,9 @@ class SegmentationTrainer(keras.Model):
         return _reducible({name: tracker.result() for name, tracker in self._trackers.items() if name in logs})
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """Nothing to build (see ``__init__``); Keras 3.15 would all-reduce a peeked batch here."""
+        """Nothing to build: the networks are built and ``compile`` builds both optimisers. Keras
+        3.15 would peek at a batch here and all-reduce it, which fails across workers for dict
+        batches (the multi-worker tests); the override is the only Keras internal relied on."""
 
     def _gradients(self, batch: dict):
         """({network name: its gradients}, global logs) of one micro-batch.
