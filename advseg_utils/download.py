@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from advseg_utils.progress import tqdm
 
 PathLike = str | os.PathLike
 

@@ -9,7 +9,7 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
-from tqdm.auto import tqdm
+from advseg_utils.progress import tqdm
 
 from advseg_utils.datasets import SegDataset
 from advseg_utils.metrics import (

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
+from advseg_utils.progress import tqdm
 
 from advseg_utils.atomic import atomic_path, write_text_atomically
 from advseg_utils.download import (

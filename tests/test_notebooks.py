@@ -36,10 +36,12 @@ from advseg_utils import (
     recalibrate_on_training_crops,
     run_experiment,
     split_ids,
+    train_model,
     training_stream,
 )
 from advseg_utils.file_utils import DatasetError, load_img, load_mask, save_split
-from advseg_utils.models import build_generator
+from advseg_utils.method import Adversarial
+from advseg_utils.models import build_discriminator, build_generator
 from advseg_utils.models.efficientnet_lite import VARIANTS as EFFICIENTNET_LITE
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
@@ -357,6 +359,33 @@ def test_build_model_follows_the_config():
     assert generator == f"G: {config.head}_{config.backbone}"
     assert count("backbone", -1) + count("head", -1) == count(generator, -1)
     assert count(generator, -2) == model.generator.count_params()
+
+
+def test_build_model_and_train_model_use_the_classes_and_builders_a_notebook_defines(tmp_path):
+    """A notebook passes the method class and the network builders its cells define: an edited
+    cell is what trains (its losses, its batches, its D), not the package's copy."""
+    calls = []
+
+    class EditedAdversarial(Adversarial):
+        def losses(self, batch):
+            calls.append("losses")
+            return super().losses(batch)
+
+        @classmethod
+        def training_batches(cls, data, labeled_ids, unlabeled=None):
+            calls.append("training_batches")
+            return super().training_batches(data, labeled_ids, unlabeled)
+
+    def edited_discriminator(num_classes, variant):
+        return build_discriminator(num_classes, "small")
+
+    config = ExperimentConfig(method="adversarial").smoke().replace(checkpoint_dir=str(tmp_path / "run"), tensorboard=False)
+    train_set = sample_dataset("train")
+    model = build_model(config, train_set, method=EditedAdversarial, make_discriminator=edited_discriminator)
+    assert type(model) is EditedAdversarial and model.discriminator.name == "discriminator_small"
+    assert config.discriminator == "paper"  # the config asked for the paper's D; the edited builder won
+    train_model(model, config, train_set, sorted(train_set.ids))
+    assert calls[0] == "training_batches" and "losses" in calls
 
 
 def test_run_experiment_on_the_sample_data_and_again_after_it_finished(tmp_path):
