@@ -125,6 +125,10 @@ class SegmentationTrainer(keras.Model):
     def networks(self) -> dict[str, keras.Model]:
         return {"generator": self.generator, **({"discriminator": self.discriminator} if self.discriminator is not None else {})}
 
+    @property
+    def _optimizers(self) -> dict[str, keras.optimizers.Optimizer | None]:
+        return {"generator": self.g_optimizer, "discriminator": self.d_optimizer}
+
     def compile(
         self,
         g_optimizer: keras.optimizers.Optimizer,
@@ -147,7 +151,6 @@ class SegmentationTrainer(keras.Model):
             g_optimizer, d_optimizer = _loss_scaled(g_optimizer), d_optimizer and _loss_scaled(d_optimizer)
         super().compile(optimizer=g_optimizer, auto_scale_loss=False, **kwargs)
         self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
-        self._optimizers = {"generator": g_optimizer, "discriminator": d_optimizer}
         self._g_multipliers = _lr_multipliers(self.generator, self.head_lr_multiplier)
         inner = getattr(g_optimizer, "inner_optimizer", g_optimizer)
         if set(self._g_multipliers) != {1.0} and not isinstance(inner, keras.optimizers.SGD):
